@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create .venv in the repository root and install diffembed into it (idempotent).
+#   bash scripts/setup.sh          runtime only
+#   bash scripts/setup.sh --dev    plus test and benchmark dependencies
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+extras=""
+[ "${1:-}" = "--dev" ] && extras="[dev]"
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($PYTHON --version 2>&1)"
+  "$PYTHON" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+# torch first and pinned: a bare 'torch' requirement would pull a multi-GB CUDA build.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  echo "setup: installing torch 2.13.0 (first run only)"
+  "${pip[@]}" "torch==2.13.0"
+fi
+echo "setup: installing diffembed${extras} and its dependencies"
+"${pip[@]}" -e ".${extras}"
+echo "setup: ready (.venv/bin/diffembed)"

@@ -1,0 +1,3 @@
+from diffembed.cli.app import main
+
+main()

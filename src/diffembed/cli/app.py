@@ -1,0 +1,39 @@
+"""The `diffembed` command. Commands import heavy libraries lazily so `--help` stays instant."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from diffembed.cli.common import err_console
+from diffembed.cli.demo import demo
+from diffembed.cli.encode import encode
+from diffembed.cli.info import info
+from diffembed.errors import DiffembedError
+
+app = typer.Typer(
+    name="diffembed",
+    help="Diffusion-pretrained dense and contextual text embeddings.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command()(encode)
+app.command()(info)
+app.command()(demo)
+
+
+def main() -> None:
+    try:
+        app()
+    except DiffembedError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

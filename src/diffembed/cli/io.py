@@ -1,0 +1,192 @@
+"""Read texts/documents from txt, jsonl or parquet and write embeddings as npy or parquet.
+
+Readers report the file and line of anything malformed. Writers go through a temporary file and an
+atomic rename, so an interrupted run never leaves a half-written output in place of a good one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from diffembed.errors import DataFileError
+
+INPUT_FORMATS = ("auto", "txt", "jsonl", "parquet")
+ID_FIELDS = ("_id", "id")
+
+
+@dataclass
+class Records:
+    ids: list[str]
+    texts: list[str] | None = None
+    documents: list[list[str]] | None = None
+
+    @property
+    def contextual(self) -> bool:
+        return self.documents is not None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def detect_format(path: Path, fmt: str) -> str:
+    if fmt not in INPUT_FORMATS:
+        raise DataFileError(f"unknown input format '{fmt}'; choose one of {', '.join(INPUT_FORMATS)}")
+    if fmt != "auto":
+        return fmt
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix in (".txt", ".text", ""):
+        return "txt"
+    raise DataFileError(f"cannot tell the format of {path} from its extension; pass --input-format")
+
+
+def read_records(path: str | Path, fmt: str = "auto", text_field: str = "text", chunks_field: str = "chunks") -> Records:
+    p = Path(path)
+    if not p.exists():
+        raise DataFileError(f"input file {p} does not exist")
+    if not p.is_file():
+        raise DataFileError(f"input {p} is not a file")
+    kind = detect_format(p, fmt)
+    try:
+        if kind == "txt":
+            return _read_txt(p)
+        if kind == "jsonl":
+            return _from_rows(p, _jsonl_rows(p), text_field, chunks_field)
+        return _from_rows(p, _parquet_rows(p), text_field, chunks_field)
+    except UnicodeDecodeError as exc:
+        raise DataFileError(f"{p} is not valid UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise DataFileError(f"cannot read {p}: {exc}") from exc
+
+
+def _read_txt(p: Path) -> Records:
+    texts, ids = [], []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            raise DataFileError(f"{p}:{n}: empty line; a txt input holds one non-empty text per line")
+        texts.append(line)
+        ids.append(str(n - 1))
+    if not texts:
+        raise DataFileError(f"{p} holds no texts")
+    return Records(ids=ids, texts=texts)
+
+
+def _jsonl_rows(p: Path):
+    with p.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataFileError(f"{p}:{n}: malformed JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise DataFileError(f"{p}:{n}: expected a JSON object, got {type(row).__name__}")
+            yield n, row
+
+
+def _parquet_rows(p: Path):
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(p)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for bad files
+        raise DataFileError(f"cannot read parquet file {p}: {exc}") from exc
+    for n, row in enumerate(table.to_pylist(), start=1):
+        yield n, row
+
+
+def _from_rows(p: Path, rows, text_field: str, chunks_field: str) -> Records:
+    ids: list[str] = []
+    texts: list[str] = []
+    docs: list[list[str]] = []
+    mode = None
+    for n, row in rows:
+        row_mode = "chunks" if chunks_field in row and row[chunks_field] is not None else "text" if text_field in row else None
+        if row_mode is None:
+            raise DataFileError(f"{p}:{n}: record has neither '{text_field}' nor '{chunks_field}'")
+        if mode is None:
+            mode = row_mode
+        elif row_mode != mode:
+            raise DataFileError(f"{p}:{n}: record has '{row_mode}' but earlier records have '{mode}'; do not mix them")
+        ident = next((row[k] for k in ID_FIELDS if row.get(k) is not None), len(ids))
+        ids.append(str(ident))
+        value = row[chunks_field if mode == "chunks" else text_field]
+        if mode == "chunks":
+            if not isinstance(value, list) or not value or not all(isinstance(c, str) and c.strip() for c in value):
+                raise DataFileError(f"{p}:{n}: '{chunks_field}' must be a non-empty list of non-empty strings")
+            docs.append(value)
+        else:
+            if not isinstance(value, str) or not value.strip():
+                raise DataFileError(f"{p}:{n}: '{text_field}' must be a non-empty string")
+            texts.append(value)
+    if mode is None:
+        raise DataFileError(f"{p} holds no records")
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DataFileError(f"{p}: id '{dup}' appears more than once")
+    return Records(ids=ids, documents=docs) if mode == "chunks" else Records(ids=ids, texts=texts)
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def output_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return "npy"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    raise DataFileError(f"output {path} must end in .npy or .parquet")
+
+
+def write_embeddings(path: str | Path, ids: list[str], embeddings: np.ndarray,
+                     doc_ids: list[str] | None = None, chunk_index: list[int] | None = None) -> list[Path]:
+    """Write embeddings and their ids; returns the files written."""
+    out = Path(path)
+    fmt = output_format(out)
+    try:
+        if fmt == "npy":
+            ids_path = out.with_suffix(".ids.txt")
+
+            def save(tmp: str) -> None:
+                with open(tmp, "wb") as f:
+                    np.save(f, embeddings)
+
+            _atomic(out, save)
+            _atomic(ids_path, lambda tmp: Path(tmp).write_text("".join(f"{i}\n" for i in ids), encoding="utf-8"))
+            return [out, ids_path]
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        width = embeddings.shape[1]
+        values = pa.array(embeddings.reshape(-1))
+        columns = {"id": pa.array(ids, pa.string())}
+        if doc_ids is not None:
+            columns["doc_id"] = pa.array(doc_ids, pa.string())
+            columns["chunk_index"] = pa.array(chunk_index, pa.int32())
+        columns["embedding"] = pa.FixedSizeListArray.from_arrays(values, width)
+        table = pa.table(columns)
+        _atomic(out, lambda tmp: pq.write_table(table, tmp))
+        return [out]
+    except OSError as exc:
+        raise DataFileError(f"cannot write {out}: {exc}") from exc

@@ -1,0 +1,21 @@
+"""Errors users can act on.
+
+Everything raised for bad input or a bad model path is a ``DiffembedError`` so the CLI (and later the
+server) can turn it into a one-line message and a non-zero exit instead of a traceback.
+"""
+
+
+class DiffembedError(Exception):
+    """Base class for errors caused by the caller's input or environment, not by a bug."""
+
+
+class InputError(DiffembedError, ValueError):
+    """The texts, documents or options passed in are invalid."""
+
+
+class ModelLoadError(DiffembedError):
+    """A model could not be found or loaded."""
+
+
+class DataFileError(DiffembedError):
+    """An input file is missing, unreadable or malformed."""

@@ -1,0 +1,305 @@
+"""The embedding runtime every other part of diffembed uses.
+
+One model load, three ways in: ``encode`` (independent texts), ``encode_contextual`` (documents given
+as ordered chunks, late-chunked) and ``encode_document`` (raw text chunked here, late-chunked). All
+three batch by a padded-token budget over length-sorted inputs and return results in input order.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffembed.errors import InputError
+from diffembed.inference.batching import token_budget_batches
+from diffembed.inference.chunking import split_chunks
+from diffembed.inference.late_chunking import DocumentPlan, make_windows, plan_from_chunks, plan_from_spans
+from diffembed.inference.pooling import accumulate_spans, pool
+from diffembed.inference.quantize import check_dimensions, check_precision, empty_output, finalize
+from diffembed.inference.tokens import special_template, tokenize_bare, tokenize_with_offsets
+from diffembed.inference.validation import check_documents, check_texts
+from diffembed.modeling.loader import LoadedModel, load_model
+
+DEFAULT_BATCH_TOKENS = 16384
+
+
+@dataclass
+class DocumentEmbedding:
+    """A raw document chunked and late-chunk embedded: chunk i is ``text[spans[i][0]:spans[i][1]]``."""
+
+    chunks: list[str]
+    spans: list[tuple[int, int]]
+    embeddings: np.ndarray
+
+
+class Embedder:
+    """Load a model once and embed texts, chunked documents and raw documents.
+
+    ``model`` is a folder or hub id (``None``: the packaged all-MiniLM-L6-v2). Decoders are made
+    bidirectional unless ``bidirectional=False``.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        *,
+        pooling: str | None = None,
+        max_length: int | None = None,
+        bidirectional: bool | None = None,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        chunk_separator: str | None = None,
+        show_progress: bool | None = None,
+    ):
+        self.loaded: LoadedModel = load_model(
+            model, device=device, dtype=dtype, bidirectional=bidirectional, pooling=pooling, max_length=max_length
+        )
+        self.template = special_template(self.loaded.tokenizer, chunk_separator)
+        self.batch_tokens = self._check_batch_tokens(batch_tokens)
+        self.show_progress = show_progress
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def dim(self) -> int:
+        return self.loaded.dim
+
+    @property
+    def max_length(self) -> int:
+        return self.loaded.max_length
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.loaded.model
+
+    @property
+    def default_precision(self) -> str:
+        return self.loaded.spec.default_precision
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        return self.loaded.spec.prompts
+
+    def info(self) -> dict:
+        return self.loaded.describe()
+
+    # ------------------------------------------------------------------ public API
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        prompt: str | None = None,
+        *,
+        prompt_name: str | None = None,
+        batch_tokens: int | None = None,
+        precision: str | None = None,
+        dimensions: int | None = None,
+        normalize: bool = True,
+        truncate: bool = True,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """Embed independent texts -> (n, dim) array (1-D for a single string)."""
+        single = isinstance(texts, str)
+        items = check_texts(texts)
+        precision = check_precision(precision or self.default_precision)
+        dims = check_dimensions(dimensions, self.dim)
+        if not items:
+            return empty_output(precision, dims or self.dim)
+        pooled = self.pooled(items, prompt=self._prompt(prompt, prompt_name), batch_tokens=batch_tokens,
+                             truncate=truncate, show_progress=show_progress)
+        out = finalize(pooled, precision, dims, normalize)
+        return out[0] if single else out
+
+    def encode_query(self, texts: str | Sequence[str], **kwargs) -> np.ndarray:
+        """``encode`` with the model's ``query`` prompt when it defines one."""
+        kwargs.setdefault("prompt_name", "query" if "query" in self.prompts else None)
+        return self.encode(texts, **kwargs)
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """The plain core for adapters (Ray, Spark, servers): normalised float32, model defaults."""
+        return self.encode(list(texts), precision="float32", show_progress=False)
+
+    def encode_contextual(
+        self,
+        documents: Sequence[Sequence[str]],
+        *,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        batch_tokens: int | None = None,
+        precision: str | None = None,
+        dimensions: int | None = None,
+        normalize: bool = True,
+        overlap: int | None = None,
+        show_progress: bool | None = None,
+    ) -> list[np.ndarray]:
+        """Late-chunk documents given as ordered chunks -> one (n_chunks, dim) array per document."""
+        docs = check_documents(documents)
+        precision = check_precision(precision or self.default_precision)
+        dims = check_dimensions(dimensions, self.dim)
+        flat_ids = tokenize_bare(self.tokenizer, [c for doc in docs for c in doc])
+        lead = self._lead_ids(self._prompt(prompt, prompt_name))
+        plans, k = [], 0
+        for d, doc in enumerate(docs):
+            chunk_ids = flat_ids[k : k + len(doc)]
+            k += len(doc)
+            for c, ids in enumerate(chunk_ids):
+                if not ids:
+                    raise InputError(f"documents[{d}][{c}] produced no tokens")
+            if lead:
+                chunk_ids = [lead + chunk_ids[0], *chunk_ids[1:]]
+            plans.append(plan_from_chunks(chunk_ids, self.template))
+        pooled = self._late_pool(plans, batch_tokens, overlap, show_progress)
+        return [finalize(p, precision, dims, normalize) for p in pooled]
+
+    def encode_document(self, text: str, **kwargs) -> DocumentEmbedding:
+        """Chunk one raw text by a token budget at sentence boundaries and late-chunk embed it."""
+        if not isinstance(text, str):
+            raise InputError(f"text must be a string, got {type(text).__name__}")
+        return self.encode_documents([text], **kwargs)[0]
+
+    def encode_documents(
+        self,
+        texts: Sequence[str],
+        *,
+        chunk_tokens: int | None = None,
+        batch_tokens: int | None = None,
+        precision: str | None = None,
+        dimensions: int | None = None,
+        normalize: bool = True,
+        overlap: int | None = None,
+        show_progress: bool | None = None,
+    ) -> list[DocumentEmbedding]:
+        items = check_texts(texts, what="texts")
+        precision = check_precision(precision or self.default_precision)
+        dims = check_dimensions(dimensions, self.dim)
+        budget = chunk_tokens if chunk_tokens is not None else self.default_chunk_tokens
+        if budget < 1:
+            raise InputError("chunk_tokens must be positive")
+        plans, layouts = [], []
+        for text in items:
+            content, offsets = tokenize_with_offsets(self.tokenizer, text)
+            if not content:
+                raise InputError("a document produced no tokens")
+            pieces = split_chunks(text, offsets, budget)
+            plans.append(plan_from_spans(content, [(p.token_start, p.token_end) for p in pieces], self.template))
+            layouts.append([(p.char_start, p.char_end) for p in pieces])
+        pooled = self._late_pool(plans, batch_tokens, overlap, show_progress)
+        return [
+            DocumentEmbedding(chunks=[text[a:b] for a, b in spans], spans=spans,
+                              embeddings=finalize(p, precision, dims, normalize))
+            for text, spans, p in zip(items, layouts, pooled)
+        ]
+
+    @property
+    def default_chunk_tokens(self) -> int:
+        """Chunks a quarter of the window (at most 256 tokens), so each chunk sees real context."""
+        return max(16, min(256, self.window_capacity // 4))
+
+    @property
+    def window_capacity(self) -> int:
+        return self.max_length - self.template.n_special
+
+    # ------------------------------------------------------------------ internals
+    def pooled(self, items: list[str], *, prompt: str | None = None, batch_tokens: int | None = None,
+               truncate: bool = True, show_progress: bool | None = None) -> torch.Tensor:
+        """Pooled float32 vectors (n, dim) in input order, before truncation or quantization."""
+        cap = self.window_capacity
+        ids = tokenize_bare(self.tokenizer, [prompt + t for t in items] if prompt else items)
+        for i, x in enumerate(ids):
+            if not x:
+                raise InputError(f"input[{i}] produced no tokens")
+            if len(x) > cap and not truncate:
+                raise InputError(f"input[{i}] has {len(x)} tokens; the model takes at most {cap} (truncate=False)")
+        seqs = [self.template.wrap(x[:cap]) for x in ids]
+        skip = len(tokenize_bare(self.tokenizer, [prompt])[0]) if prompt and not self.loaded.spec.include_prompt else 0
+        out = torch.empty(len(seqs), self.dim, dtype=torch.float32)
+        batches = token_budget_batches([len(s) for s in seqs], self._budget(batch_tokens))
+        for batch in self._progress(batches, show_progress, "encode", len(seqs)):
+            input_ids, mask = self._pad([seqs[i] for i in batch])
+            hidden = self._forward(input_ids, mask)
+            if skip:
+                mask = mask.clone()
+                mask[:, len(self.template.prefix) : len(self.template.prefix) + skip] = 0
+            out[batch] = pool(hidden, mask, self.loaded.pooling).cpu()
+        return out
+
+    def _late_pool(self, plans: list[DocumentPlan], batch_tokens: int | None, overlap: int | None,
+                   show_progress: bool | None) -> list[torch.Tensor]:
+        cap = self.window_capacity
+        ov = min(128, cap // 4) if overlap is None else int(overlap)
+        windows = [w for d, plan in enumerate(plans) for w in make_windows(d, plan, self.template, self.max_length, ov)]
+        sums = [torch.zeros(p.n_chunks, self.dim) for p in plans]
+        counts = [torch.zeros(p.n_chunks) for p in plans]
+        batches = token_budget_batches([len(w.ids) for w in windows], self._budget(batch_tokens))
+        for batch in self._progress(batches, show_progress, "late-chunk", len(windows)):
+            input_ids, mask = self._pad([windows[i].ids for i in batch])
+            hidden = self._forward(input_ids, mask).float().cpu()
+            for row, wi in enumerate(batch):
+                w = windows[wi]
+                states = hidden[row, : len(w.ids)][torch.from_numpy(w.keep)]
+                owner = torch.from_numpy(plans[w.doc].owner[w.positions[w.keep]])
+                accumulate_spans(sums[w.doc], counts[w.doc], states, owner)
+        return [s / c.clamp(min=1).unsqueeze(-1) for s, c in zip(sums, counts)]
+
+    def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        longest = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), longest), self.template.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[r, : len(s)] = 1
+        return ids, mask
+
+    @torch.inference_mode()
+    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        dev = self.loaded.device
+        out = self.model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev))
+        return out.last_hidden_state
+
+    def _prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
+        if prompt is not None and prompt_name is not None:
+            raise InputError("pass prompt or prompt_name, not both")
+        if prompt_name is not None:
+            if prompt_name not in self.prompts:
+                known = ", ".join(sorted(self.prompts)) or "none"
+                raise InputError(f"the model has no prompt named '{prompt_name}' (known: {known})")
+            return self.prompts[prompt_name]
+        if prompt is not None and not isinstance(prompt, str):
+            raise InputError("prompt must be a string")
+        return prompt or None
+
+    def _lead_ids(self, prompt: str | None) -> list[int]:
+        return list(tokenize_bare(self.tokenizer, [prompt])[0]) if prompt else []
+
+    def _budget(self, batch_tokens: int | None) -> int:
+        return self.batch_tokens if batch_tokens is None else self._check_batch_tokens(batch_tokens)
+
+    @staticmethod
+    def _check_batch_tokens(batch_tokens: int) -> int:
+        if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
+            raise InputError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
+        return batch_tokens
+
+    def _progress(self, batches: list[list[int]], show: bool | None, desc: str, total: int) -> Iterable[list[int]]:
+        if show is None:
+            show = self.show_progress
+        if show is None:
+            show = sys.stderr.isatty() and len(batches) > 1
+        if not show:
+            return batches
+        return _counted(batches, tqdm(total=total, desc=desc, unit="seq", leave=False))
+
+
+def _counted(batches: list[list[int]], bar) -> Iterable[list[int]]:
+    with bar:
+        for b in batches:
+            yield b
+            bar.update(len(b))

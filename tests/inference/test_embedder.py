@@ -1,0 +1,59 @@
+"""Embedder API behaviour: shapes, prompts, truncation and input errors naming the offending item."""
+
+import numpy as np
+import pytest
+
+from diffembed import Embedder
+from diffembed.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def emb(tiny_dir):
+    return Embedder(str(tiny_dir("bert64")), show_progress=False)
+
+
+def test_shapes(emb):
+    assert emb.encode("the cat").shape == (32,)
+    assert emb.encode(["the cat", "the dog"]).shape == (2, 32)
+    assert emb.encode([]).shape == (0, 32)
+    assert emb.encode([], precision="ubinary").shape == (0, 4)
+
+
+@pytest.mark.parametrize("texts,match", [
+    (["ok", ""], r"input\[1\] is an empty string"),
+    (["ok", "   "], r"input\[1\] is an empty string"),
+    (["ok", 3], r"input\[1\] is int"),
+    ([None], r"input\[0\] is NoneType"),
+    (42, "must be a string or a list"),
+])
+def test_bad_texts(emb, texts, match):
+    with pytest.raises(InputError, match=match):
+        emb.encode(texts)
+
+
+def test_truncation_is_explicit(emb):
+    long = "the cat sat on the mat " * 30  # far beyond the 64-token window
+    assert emb.encode(long).shape == (32,)
+    with pytest.raises(InputError, match="tokens; the model takes at most 62"):
+        emb.encode([long], truncate=False)
+
+
+def test_prompt_changes_embedding_and_prompt_name_errors(emb):
+    a = emb.encode("the cat")
+    b = emb.encode("the cat", prompt="the dog ")
+    assert not np.allclose(a, b)
+    np.testing.assert_allclose(b, emb.encode("the dog the cat"), atol=1e-6)
+    with pytest.raises(InputError, match="no prompt named 'query'"):
+        emb.encode("the cat", prompt_name="query")
+    assert np.allclose(emb.encode_query("the cat"), a)  # no query prompt defined: plain encode
+
+
+def test_bad_batch_tokens(emb):
+    with pytest.raises(InputError, match="batch_tokens"):
+        emb.encode(["a"], batch_tokens=0)
+
+
+def test_embed_batch_is_normalised_float(emb):
+    out = emb.embed_batch(["the cat", "the dog"])
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
