@@ -49,7 +49,8 @@ def _tokenizer(folder: Path, style: str):
 
 def build_tiny(folder: Path, family: str, max_positions: int = 128, seed: int = 0) -> Path:
     """A 2-layer random model of the given family saved with its tokenizer in ``folder``."""
-    from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3Model
+    from transformers import (BertConfig, BertModel, Gemma3TextConfig, Gemma3TextModel, LlamaConfig,
+                              LlamaForCausalLM, Qwen3Config, Qwen3Model)
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = _tokenizer(folder, {"bert": "bert", "llama": "llama"}.get(family, "qwen"))
@@ -62,6 +63,11 @@ def build_tiny(folder: Path, family: str, max_positions: int = 128, seed: int = 
         cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions)
         model = LlamaForCausalLM(cfg)  # saved with an LM head: the loader must take the base model
+    elif family == "gemma3":
+        cfg = Gemma3TextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                               max_position_embeddings=max_positions, sliding_window=4, pad_token_id=0)
+        model = Gemma3TextModel(cfg)  # sliding-window layers: bidirectional must reach them too
     else:
         cfg = Qwen3Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                           num_attention_heads=4, num_key_value_heads=2, head_dim=8,

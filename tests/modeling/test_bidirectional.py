@@ -8,7 +8,7 @@ from diffembed.modeling import load_model
 from diffembed.modeling.bidirectional import attends_to_future
 
 
-@pytest.mark.parametrize("family", ["qwen3", "llama"])
+@pytest.mark.parametrize("family", ["qwen3", "llama", "gemma3"])
 def test_later_token_changes_first_state_only_when_bidirectional(tiny_dir, family):
     bidi = load_model(tiny_dir(family))
     causal = load_model(tiny_dir(family), bidirectional=False)
@@ -39,3 +39,20 @@ def test_encoder_cannot_be_made_causal(tiny_dir):
 
     with pytest.raises(ModelLoadError, match="encoder"):
         load_model(tiny_dir("bert"), bidirectional=False)
+
+
+@pytest.mark.parametrize("family,flag", [("qwen3", True), ("llama", True), ("bert", True)])
+def test_info_reports_measured_direction(tiny_dir, family, flag, monkeypatch, capsys):
+    import json
+    import sys
+
+    from diffembed.cli.app import main
+
+    monkeypatch.setattr(sys, "argv", ["diffembed", "info", str(tiny_dir(family)), "--json"])
+    try:
+        main()
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    details = json.loads(capsys.readouterr().out)
+    assert details["bidirectional"] is flag
+    assert details["attends_to_future"] is flag

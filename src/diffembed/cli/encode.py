@@ -8,7 +8,6 @@ from pathlib import Path
 import typer
 
 from diffembed.cli.common import DeviceOpt, DtypeOpt, ModelOpt, err_console, print_json
-from diffembed.inference.embedder import DEFAULT_BATCH_TOKENS
 
 
 def encode(
@@ -24,7 +23,7 @@ def encode(
     dimensions: int = typer.Option(None, help="Matryoshka truncation to this many dimensions."),
     prompt: str = typer.Option(None, help="Text prepended to every input."),
     prompt_name: str = typer.Option(None, help="A prompt the model defines, e.g. query."),
-    batch_tokens: int = typer.Option(DEFAULT_BATCH_TOKENS, help="Padded-token budget per forward batch."),
+    batch_tokens: int = typer.Option(None, help="Padded-token budget per forward batch (default: 2048 on CPU, 16384 on CUDA)."),
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="L2-normalise float32 output."),
     truncate: bool = typer.Option(True, "--truncate/--no-truncate", help="Cut texts longer than the model window (else error)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),

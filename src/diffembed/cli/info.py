@@ -15,10 +15,18 @@ def info(
     dtype: str = DtypeOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the description as JSON."),
 ) -> None:
-    """Print a model's architecture, embedding size, max length, pooling and attention direction."""
-    from diffembed.modeling import load_model
+    """Print a model's architecture, embedding size, max length, pooling and attention direction.
 
-    details = load_model(model, device=device, dtype=dtype).describe()
+    attends_to_future is measured on the loaded model: True when changing the last token of an input
+    changes the first token's hidden state, i.e. attention really is bidirectional.
+    """
+    from diffembed.modeling import load_model
+    from diffembed.modeling.bidirectional import attends_to_future
+
+    loaded = load_model(model, device=device, dtype=dtype)
+    details = loaded.describe()
+    # Checked, not just read from the config: does a later token change token 0's state?
+    details["attends_to_future"] = attends_to_future(loaded.model, loaded.model.config.vocab_size, loaded.device)
     if as_json:
         print_json(details)
         return

@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,12 @@ def read_records(path: str | Path, fmt: str = "auto", text_field: str = "text", 
 
 def _read_txt(p: Path) -> Records:
     texts, ids = [], []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    # Split on "\n" only: str.splitlines would also split inside a line at form feeds or U+2028,
+    # shifting ids and line numbers away from the file's real lines.
+    lines = p.read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    for n, line in enumerate((ln.removesuffix("\r") for ln in lines), start=1):
         if not line.strip():
             raise DataFileError(f"{p}:{n}: empty line; a txt input holds one non-empty text per line")
         texts.append(line)
@@ -133,20 +139,36 @@ def _from_rows(p: Path, rows, text_field: str, chunks_field: str) -> Records:
         raise DataFileError(f"{p} holds no records")
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
-        raise DataFileError(f"{p}: id '{dup}' appears more than once")
+        raise DataFileError(
+            f"{p}: id '{dup}' appears more than once (records without _id/id take their 0-based position as id)"
+        )
     return Records(ids=ids, documents=docs) if mode == "chunks" else Records(ids=ids, texts=texts)
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def _atomic(writes: dict[Path, Callable[[str], None]]) -> None:
+    """Write every file to a temporary sibling first; rename them into place only when all succeeded."""
+    for path in writes:
+        if path.is_dir():
+            raise DataFileError(f"cannot write {path}: it is a directory")
+    temps: dict[Path, str] = {}
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        for path, write in writes.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            temps[path] = tmp
+            try:
+                write(tmp)
+            except OSError as exc:
+                raise DataFileError(f"cannot write {path}: {exc}") from exc
+        for path, tmp in temps.items():
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise DataFileError(f"cannot write {path}: {exc}") from exc
+    finally:
+        for tmp in temps.values():
+            Path(tmp).unlink(missing_ok=True)
 
 
 def output_format(path: Path) -> str:
@@ -163,30 +185,26 @@ def write_embeddings(path: str | Path, ids: list[str], embeddings: np.ndarray,
     """Write embeddings and their ids; returns the files written."""
     out = Path(path)
     fmt = output_format(out)
-    try:
-        if fmt == "npy":
-            ids_path = out.with_suffix(".ids.txt")
+    if fmt == "npy":
+        ids_path = out.with_suffix(".ids.txt")
 
-            def save(tmp: str) -> None:
-                with open(tmp, "wb") as f:
-                    np.save(f, embeddings)
+        def save(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, embeddings)
 
-            _atomic(out, save)
-            _atomic(ids_path, lambda tmp: Path(tmp).write_text("".join(f"{i}\n" for i in ids), encoding="utf-8"))
-            return [out, ids_path]
+        _atomic({out: save, ids_path: lambda tmp: Path(tmp).write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")})
+        return [out, ids_path]
 
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-        width = embeddings.shape[1]
-        values = pa.array(embeddings.reshape(-1))
-        columns = {"id": pa.array(ids, pa.string())}
-        if doc_ids is not None:
-            columns["doc_id"] = pa.array(doc_ids, pa.string())
-            columns["chunk_index"] = pa.array(chunk_index, pa.int32())
-        columns["embedding"] = pa.FixedSizeListArray.from_arrays(values, width)
-        table = pa.table(columns)
-        _atomic(out, lambda tmp: pq.write_table(table, tmp))
-        return [out]
-    except OSError as exc:
-        raise DataFileError(f"cannot write {out}: {exc}") from exc
+    width = embeddings.shape[1]
+    values = pa.array(embeddings.reshape(-1))
+    columns = {"id": pa.array(ids, pa.string())}
+    if doc_ids is not None:
+        columns["doc_id"] = pa.array(doc_ids, pa.string())
+        columns["chunk_index"] = pa.array(chunk_index, pa.int32())
+    columns["embedding"] = pa.FixedSizeListArray.from_arrays(values, width)
+    table = pa.table(columns)
+    _atomic({out: lambda tmp: pq.write_table(table, tmp)})
+    return [out]

@@ -25,7 +25,13 @@ from diffembed.inference.tokens import special_template, tokenize_bare, tokenize
 from diffembed.inference.validation import check_documents, check_texts
 from diffembed.modeling.loader import LoadedModel, load_model
 
-DEFAULT_BATCH_TOKENS = 16384
+# Padded tokens per forward batch. On CPU, small batches stay in cache: for MiniLM on 2 cores,
+# 512-3072 tokens ran ~100 texts/s and 16384 only ~64 (BENCHMARKS.md). GPUs want large batches.
+DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
+
+
+def default_batch_tokens(device_type: str) -> int:
+    return DEFAULT_BATCH_TOKENS.get(device_type, DEFAULT_BATCH_TOKENS["cpu"])
 
 
 @dataclass
@@ -41,7 +47,8 @@ class Embedder:
     """Load a model once and embed texts, chunked documents and raw documents.
 
     ``model`` is a folder or hub id (``None``: the packaged all-MiniLM-L6-v2). Decoders are made
-    bidirectional unless ``bidirectional=False``.
+    bidirectional unless ``bidirectional=False``. ``batch_tokens`` defaults to 2048 on CPU and 16384
+    on CUDA.
     """
 
     def __init__(
@@ -53,7 +60,7 @@ class Embedder:
         pooling: str | None = None,
         max_length: int | None = None,
         bidirectional: bool | None = None,
-        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        batch_tokens: int | None = None,
         chunk_separator: str | None = None,
         show_progress: bool | None = None,
     ):
@@ -61,7 +68,9 @@ class Embedder:
             model, device=device, dtype=dtype, bidirectional=bidirectional, pooling=pooling, max_length=max_length
         )
         self.template = special_template(self.loaded.tokenizer, chunk_separator)
-        self.batch_tokens = self._check_batch_tokens(batch_tokens)
+        self.batch_tokens = self._check_batch_tokens(
+            default_batch_tokens(self.loaded.device.type) if batch_tokens is None else batch_tokens
+        )
         self.show_progress = show_progress
 
     # ------------------------------------------------------------------ properties
