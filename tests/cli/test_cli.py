@@ -302,10 +302,17 @@ def test_jsonl_malformed_line(tmp_path, monkeypatch, capsys):
     assert_clean_error(code, err, ":3:", "malformed JSON")
 
 
-def test_jsonl_missing_text_field(tmp_path, monkeypatch, capsys):
-    src = write_jsonl(tmp_path / "missing.jsonl", [{"text": "ok"}, {"title": "no text here"}])
-    code, _, err = run_cli(["encode", src, "-o", tmp_path / "o.npy"], monkeypatch, capsys)
-    assert_clean_error(code, err, ":2:", "'text'")
+@pytest.mark.parametrize("rows, out_name, needles", [
+    pytest.param([{"text": "ok"}, {"title": "no text here"}], "o.npy", (":2:", "'text'"), id="missing-text"),
+    pytest.param([{"chunks": ["a", "b"]}, {"chunks": ["a", 3]}], "o.parquet", (":2:", "'chunks'"), id="bad-chunks"),
+    pytest.param([{"text": "a"}, {"chunks": ["b", "c"]}], "o.parquet", (":2:", "do not mix"), id="mixed"),
+    pytest.param([{"_id": "a", "text": "x"}, {"_id": "b", "text": "y"}, {"_id": "a", "text": "z"}], "o.npy",
+                 ("'a'", "more than once"), id="duplicate-ids"),
+])
+def test_jsonl_bad_records(rows, out_name, needles, tmp_path, monkeypatch, capsys):
+    src = write_jsonl(tmp_path / "bad.jsonl", rows)
+    code, _, err = run_cli(["encode", src, "-o", tmp_path / out_name], monkeypatch, capsys)
+    assert_clean_error(code, err, *needles)
 
 
 @pytest.mark.parametrize("value", [5, None, ["a", "b"], "   "])
@@ -313,25 +320,6 @@ def test_jsonl_non_string_or_blank_text(value, tmp_path, monkeypatch, capsys):
     src = write_jsonl(tmp_path / "nonstr.jsonl", [{"text": "ok"}, {"text": value}])
     code, _, err = run_cli(["encode", src, "-o", tmp_path / "o.npy"], monkeypatch, capsys)
     assert_clean_error(code, err, ":2:", "'text' must be a non-empty string")
-
-
-def test_jsonl_bad_chunks(tmp_path, monkeypatch, capsys):
-    src = write_jsonl(tmp_path / "chunks.jsonl", [{"chunks": ["a", "b"]}, {"chunks": ["a", 3]}])
-    code, _, err = run_cli(["encode", src, "-o", tmp_path / "o.parquet"], monkeypatch, capsys)
-    assert_clean_error(code, err, ":2:", "'chunks'")
-
-
-def test_jsonl_mixed_text_and_chunks(tmp_path, monkeypatch, capsys):
-    src = write_jsonl(tmp_path / "mixed.jsonl", [{"text": "a"}, {"chunks": ["b", "c"]}])
-    code, _, err = run_cli(["encode", src, "-o", tmp_path / "o.parquet"], monkeypatch, capsys)
-    assert_clean_error(code, err, ":2:", "do not mix")
-
-
-def test_jsonl_duplicate_ids(tmp_path, monkeypatch, capsys):
-    src = write_jsonl(tmp_path / "dup.jsonl", [{"_id": "a", "text": "x"}, {"_id": "b", "text": "y"},
-                                               {"_id": "a", "text": "z"}])
-    code, _, err = run_cli(["encode", src, "-o", tmp_path / "o.npy"], monkeypatch, capsys)
-    assert_clean_error(code, err, "'a'", "more than once")
 
 
 def test_empty_jsonl(tmp_path, monkeypatch, capsys):

@@ -77,8 +77,7 @@ def resolve_model_path(model: str | os.PathLike | None) -> tuple[Path, str]:
         return path, text
     if path.exists():
         raise ModelLoadError(f"model path {text} is a file; pass the folder that holds config.json")
-    looks_local = text.startswith((".", "/", "~")) or os.sep in text.strip("/").split("/", 1)[-1]
-    if looks_local or not _HUB_ID.match(text):
+    if text.startswith((".", "/", "~")) or not _HUB_ID.match(text):
         raise ModelLoadError(f"model '{text}' not found: no such folder")
     try:
         from huggingface_hub import snapshot_download
@@ -123,18 +122,12 @@ def _build_config(spec: ModelSpec):
 
 
 def _max_length(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, config) -> int:
-    candidates = [spec.max_length, getattr(config, "max_position_embeddings", None)]
-    tok_max = getattr(tokenizer, "model_max_length", None)
-    if tok_max and tok_max < 1_000_000:
-        candidates.append(tok_max)
-    values = [int(c) for c in candidates if c]
+    """The folder's own max_seq_length wins; else the smaller of position limit and tokenizer limit."""
     if spec.max_length:
         return int(spec.max_length)
-    if not values:
-        return 512
-    limit = min(values)
-    # Absolute-position encoders reserve two positions in some families (e.g. RoBERTa's 514).
-    return limit
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    limits = [getattr(config, "max_position_embeddings", None), tok_max if tok_max and tok_max < 1_000_000 else None]
+    return min((int(v) for v in limits if v), default=512)
 
 
 def _quiet_transformers() -> None:
