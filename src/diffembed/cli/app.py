@@ -9,6 +9,7 @@ import typer
 from diffembed.cli.common import err_console
 from diffembed.cli.demo import demo
 from diffembed.cli.encode import encode
+from diffembed.cli.eval import eval_command
 from diffembed.cli.info import info
 from diffembed.errors import DiffembedError
 
@@ -22,6 +23,7 @@ app = typer.Typer(
 app.command()(encode)
 app.command()(info)
 app.command()(demo)
+app.command(name="eval")(eval_command)
 
 
 def main() -> None:

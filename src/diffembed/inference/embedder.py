@@ -150,11 +150,19 @@ class Embedder:
         show_progress: bool | None = None,
     ) -> list[np.ndarray]:
         """Late-chunk documents given as ordered chunks -> one (n_chunks, dim) array per document."""
-        docs = check_documents(documents)
         precision = check_precision(precision or self.default_precision)
         dims = check_dimensions(dimensions, self.dim)
+        pooled = self.pooled_contextual(documents, prompt=self._prompt(prompt, prompt_name), batch_tokens=batch_tokens,
+                                        overlap=overlap, show_progress=show_progress)
+        return [finalize(p, precision, dims, normalize) for p in pooled]
+
+    def pooled_contextual(self, documents: Sequence[Sequence[str]], *, prompt: str | None = None,
+                          batch_tokens: int | None = None, overlap: int | None = None,
+                          show_progress: bool | None = None) -> list[torch.Tensor]:
+        """Late-chunked float32 vectors per document, before truncation or quantization."""
+        docs = check_documents(documents)
         flat_ids = tokenize_bare(self.tokenizer, [c for doc in docs for c in doc])
-        lead = self._lead_ids(self._prompt(prompt, prompt_name))
+        lead = self._lead_ids(prompt)
         plans, k = [], 0
         for d, doc in enumerate(docs):
             chunk_ids = flat_ids[k : k + len(doc)]
@@ -165,8 +173,7 @@ class Embedder:
             if lead:
                 chunk_ids = [lead + chunk_ids[0], *chunk_ids[1:]]
             plans.append(plan_from_chunks(chunk_ids, self.template))
-        pooled = self._late_pool(plans, batch_tokens, overlap, show_progress)
-        return [finalize(p, precision, dims, normalize) for p in pooled]
+        return self._late_pool(plans, batch_tokens, overlap, show_progress)
 
     def encode_document(self, text: str, **kwargs) -> DocumentEmbedding:
         """Chunk one raw text by a token budget at sentence boundaries and late-chunk embed it."""

@@ -1,0 +1,1 @@
+"""Evaluation: datasets on disk, IR metrics, naive vs late-chunked retrieval, reports."""
