@@ -7,6 +7,7 @@ import sys
 import typer
 
 from diffembed.cli.common import err_console
+from diffembed.cli.data import data_app
 from diffembed.cli.demo import demo
 from diffembed.cli.encode import encode
 from diffembed.cli.eval import eval_command
@@ -24,6 +25,7 @@ app.command()(encode)
 app.command()(info)
 app.command()(demo)
 app.command(name="eval")(eval_command)
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:

@@ -7,14 +7,12 @@ atomic rename, so an interrupted run never leaves a half-written output in place
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from diffembed.atomic import write_files
 from diffembed.errors import DataFileError
 
 INPUT_FORMATS = ("auto", "txt", "jsonl", "parquet")
@@ -145,32 +143,6 @@ def _from_rows(p: Path, rows, text_field: str, chunks_field: str) -> Records:
     return Records(ids=ids, documents=docs) if mode == "chunks" else Records(ids=ids, texts=texts)
 
 
-def _atomic(writes: dict[Path, Callable[[str], None]]) -> None:
-    """Write every file to a temporary sibling first; rename them into place only when all succeeded."""
-    for path in writes:
-        if path.is_dir():
-            raise DataFileError(f"cannot write {path}: it is a directory")
-    temps: dict[Path, str] = {}
-    try:
-        for path, write in writes.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            temps[path] = tmp
-            try:
-                write(tmp)
-            except OSError as exc:
-                raise DataFileError(f"cannot write {path}: {exc}") from exc
-        for path, tmp in temps.items():
-            try:
-                os.replace(tmp, path)
-            except OSError as exc:
-                raise DataFileError(f"cannot write {path}: {exc}") from exc
-    finally:
-        for tmp in temps.values():
-            Path(tmp).unlink(missing_ok=True)
-
-
 def output_format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix == ".npy":
@@ -192,7 +164,7 @@ def write_embeddings(path: str | Path, ids: list[str], embeddings: np.ndarray,
             with open(tmp, "wb") as f:
                 np.save(f, embeddings)
 
-        _atomic({out: save, ids_path: lambda tmp: Path(tmp).write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")})
+        write_files({out: save, ids_path: lambda tmp: Path(tmp).write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")})
         return [out, ids_path]
 
     import pyarrow as pa
@@ -206,5 +178,5 @@ def write_embeddings(path: str | Path, ids: list[str], embeddings: np.ndarray,
         columns["chunk_index"] = pa.array(chunk_index, pa.int32())
     columns["embedding"] = pa.FixedSizeListArray.from_arrays(values, width)
     table = pa.table(columns)
-    _atomic({out: lambda tmp: pq.write_table(table, tmp)})
+    write_files({out: lambda tmp: pq.write_table(table, tmp)})
     return [out]

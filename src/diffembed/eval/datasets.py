@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from diffembed.atomic import write_text
 from diffembed.errors import DataFileError
 
 Qrels = dict[str, dict[str, int]]
@@ -151,32 +150,21 @@ def load_dataset(path: str | Path, split: str = "test") -> RetrievalDataset | Co
 
 
 # ---------------------------------------------------------------------------- writing
-def _write_atomic(path: Path, lines: Iterable[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _jsonl(rows: Iterable[dict]) -> Iterator[str]:
     for row in rows:
         yield json.dumps(row, ensure_ascii=False) + "\n"
 
 
 def _write_common(root: Path, queries: dict[str, str], qrels: Qrels, split: str) -> None:
-    _write_atomic(root / "queries.jsonl", _jsonl({"_id": q, "text": t} for q, t in queries.items()))
+    write_text(root / "queries.jsonl", _jsonl({"_id": q, "text": t} for q, t in queries.items()))
     rows = ["query-id\tcorpus-id\tscore\n"] + [f"{q}\t{d}\t{s}\n" for q, docs in qrels.items() for d, s in docs.items()]
-    _write_atomic(root / "qrels" / f"{split}.tsv", rows)
+    write_text(root / "qrels" / f"{split}.tsv", rows)
 
 
 def write_retrieval_dataset(root: str | Path, corpus: dict[str, dict[str, str]], queries: dict[str, str],
                             qrels: Qrels, split: str = "test") -> Path:
     root = Path(root)
-    _write_atomic(root / "corpus.jsonl", _jsonl({"_id": d, "title": c.get("title", ""), "text": c["text"]} for d, c in corpus.items()))
+    write_text(root / "corpus.jsonl", _jsonl({"_id": d, "title": c.get("title", ""), "text": c["text"]} for d, c in corpus.items()))
     _write_common(root, queries, qrels, split)
     return root
 
@@ -184,6 +172,6 @@ def write_retrieval_dataset(root: str | Path, corpus: dict[str, dict[str, str]],
 def write_contextual_dataset(root: str | Path, documents: dict[str, dict], queries: dict[str, str],
                              qrels: Qrels, split: str = "test") -> Path:
     root = Path(root)
-    _write_atomic(root / "documents.jsonl", _jsonl({"_id": d, "title": doc.get("title", ""), "chunks": doc["chunks"]} for d, doc in documents.items()))
+    write_text(root / "documents.jsonl", _jsonl({"_id": d, "title": doc.get("title", ""), "chunks": doc["chunks"]} for d, doc in documents.items()))
     _write_common(root, queries, qrels, split)
     return root

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from diffembed.atomic import write_text
 
 COLUMNS = [("ndcg@10", "nDCG@10"), ("recall@1", "R@1"), ("recall@10", "R@10"), ("recall@100", "R@100"),
            ("mrr@10", "MRR@10"), ("map", "MAP")]
@@ -40,16 +40,7 @@ def short_name(model: str) -> str:
 
 
 def write_json(path: str | Path, payload: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_text(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 
 
 def plot(rows: list[dict], path: str | Path, title: str, metric: str = "ndcg@10") -> None:

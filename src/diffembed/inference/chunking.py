@@ -6,6 +6,7 @@ chunk carries the character span it came from.
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 
@@ -29,39 +30,71 @@ def sentence_starts(text: str) -> list[int]:
 def split_chunks(text: str, offsets: list[tuple[int, int]], budget: int) -> list[TextChunk]:
     """Greedily pack whole sentences into chunks of at most ``budget`` tokens.
 
-    A sentence longer than the budget is cut at token boundaries. Tokens with empty offsets (rare
-    special pieces) stay with their neighbours.
+    A sentence longer than the budget is cut before the last token within the budget that starts a
+    word, else before the last one that starts a new character. Cutting blindly every ``budget``
+    tokens would split characters: some tokenizers give one character several tokens with the same
+    offsets (BERT's NFD normaliser turns a Hangul syllable into 2-3 jamo pieces; byte-level BPE
+    splits multi-byte characters), which would put one character in two chunks. Only a single
+    character with more tokens than the budget makes a chunk exceed it.
     """
     if budget < 1:
         raise ValueError("chunk budget must be positive")
     n = len(offsets)
     if n == 0:
         return []
-    starts = sentence_starts(text)
-    # Token index at which each sentence starts.
+    char_safe: list[int] = []
+    word_safe: list[int] = []
+    max_end = -1
+    for j, (s, e) in enumerate(offsets):
+        if j > 0 and s >= max_end and e > s:
+            char_safe.append(j)
+            if s > 0 and text[s - 1].isspace():
+                word_safe.append(j)
+        if e > s:
+            max_end = max(max_end, e)
+
+    def last_in(cuts: list[int], lo: int, hi: int) -> int | None:  # largest cut v with lo < v <= hi
+        i = bisect.bisect_right(cuts, hi) - 1
+        return cuts[i] if i >= 0 and cuts[i] > lo else None
+
+    def hard_cut(a: int, b: int) -> int:
+        """Where to cut the sentence tokens [a, b) (longer than the budget)."""
+        for cuts in (word_safe, char_safe):
+            cut = last_in(cuts, a, a + budget)
+            if cut is not None:
+                return cut
+        i = bisect.bisect_right(char_safe, a)  # one character with more tokens than the budget
+        return min(char_safe[i], b) if i < len(char_safe) else b
+
+    # Token index at which each sentence starts (as split_chunks does).
     sentence_tok: list[int] = []
     j = 0
-    for s in starts:
-        while j < n and offsets[j][0] < s:
+    for start in sentence_starts(text):
+        while j < n and offsets[j][0] < start:
             j += 1
         if j < n and (not sentence_tok or sentence_tok[-1] != j):
             sentence_tok.append(j)
     if not sentence_tok or sentence_tok[0] != 0:
         sentence_tok.insert(0, 0)
-    bounds = list(zip(sentence_tok, sentence_tok[1:] + [n]))
-
     pieces: list[tuple[int, int]] = []
-    for a, b in bounds:
+    for a, b in zip(sentence_tok, sentence_tok[1:] + [n]):
         while b - a > budget:
-            pieces.append((a, a + budget))
-            a += budget
+            cut = hard_cut(a, b)
+            pieces.append((a, cut))
+            a = cut
         if b > a:
             pieces.append((a, b))
-
-    chunks: list[tuple[int, int]] = []
+    bounds: list[tuple[int, int]] = []
     for a, b in pieces:
-        if chunks and b - chunks[-1][0] <= budget:
-            chunks[-1] = (chunks[-1][0], b)
+        if bounds and b - bounds[-1][0] <= budget:
+            bounds[-1] = (bounds[-1][0], b)
         else:
-            chunks.append((a, b))
-    return [TextChunk(a, b, offsets[a][0], offsets[b - 1][1]) for a, b in chunks]
+            bounds.append((a, b))
+
+    chunks = []
+    for a, b in bounds:
+        spans = [offsets[k] for k in range(a, b) if offsets[k][1] > offsets[k][0]]
+        if not spans:  # only offset-less tokens: nothing to show
+            continue
+        chunks.append(TextChunk(a, b, min(s for s, _ in spans), max(e for _, e in spans)))
+    return chunks
