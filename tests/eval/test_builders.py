@@ -27,7 +27,10 @@ from diffembed.eval.datasets import ContextualDataset, RetrievalDataset, chunk_i
 from diffembed.inference.chunking import split_chunks  # noqa: E402
 from diffembed.inference.tokens import tokenize_with_offsets  # noqa: E402
 
-REAL_SQUAD = Path("/work/shared/data/squad-v1.1-dev.json.gz")
+# shared/ sits beside the repository (also in CI's fresh clone); /work/shared is the usual checkout.
+REAL_SQUAD = next((p for p in (Path(__file__).resolve().parents[3] / "shared/data/squad-v1.1-dev.json.gz",
+                               Path("/work/shared/data/squad-v1.1-dev.json.gz")) if p.is_file()),
+                  Path("/work/shared/data/squad-v1.1-dev.json.gz"))
 BUDGET = 16  # small, so the long paragraph splits into one chunk per sentence
 
 # ---------------------------------------------------------------------------- fixture
@@ -382,7 +385,7 @@ def test_cli_errors(cli, tmp_path, squad_file):
 
 
 # ---------------------------------------------------------------------------- real data
-@pytest.mark.skipif(not REAL_SQUAD.is_file(), reason="SQuAD v1.1 dev not present in /work/shared/data")
+@pytest.mark.skipif(not REAL_SQUAD.is_file(), reason="SQuAD v1.1 dev not present in ../shared/data")
 def test_real_squad_dev_gold_chunks(tmp_path, tokenizer):
     squad = load_squad(REAL_SQUAD)
     assert (len(squad.articles), squad.n_paragraphs, squad.n_questions) == (48, 2067, 10570)

@@ -56,7 +56,8 @@ class SentenceTransformersSystem:
 
         self.model = SentenceTransformer(path, device=device or "cpu")
         self.name = path
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
         prompts = self.model.prompts or {}
         self.query_prompt = "query" if "query" in prompts else None
         self.doc_prompt = next((p for p in ("document", "passage") if p in prompts), None)

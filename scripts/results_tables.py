@@ -1,0 +1,28 @@
+"""Render docs/results/*.json (written by `diffembed eval --json`) as markdown tables.
+
+Run: .venv/bin/python scripts/results_tables.py docs/results/squad-retrieval-minilm.json [...]
+"""
+
+import json
+import sys
+from pathlib import Path
+
+COLS = [("ndcg@10", "nDCG@10"), ("recall@1", "R@1"), ("recall@10", "R@10"), ("recall@100", "R@100"),
+        ("mrr@10", "MRR@10"), ("map", "MAP")]
+
+
+def table(path: Path) -> str:
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    out = [f"`{path.name}`: {data['name']} ({data['kind']}, {rows[0]['queries']} queries)", "",
+           "| model | run by | mode | precision | dims | " + " | ".join(h for _, h in COLS) + " |",
+           "|---|---|---|---|---|" + "---|" * len(COLS)]
+    for r in rows:
+        model = r["model"].rstrip("/").split("/")[-1]
+        out.append(f"| {model} | {r['system']} | {r['mode']} | {r['precision']} | {r['dimensions']} | "
+                   + " | ".join(f"{r[k]:.4f}" for k, _ in COLS) + " |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print("\n".join(table(Path(p)) for p in sys.argv[1:]))
