@@ -57,3 +57,22 @@ def test_bad_pooling_and_dtype(tiny_dir):
         load_model(tiny_dir("bert"), pooling="max")
     with pytest.raises(ModelLoadError, match="dtype"):
         load_model(tiny_dir("bert"), dtype="int3")
+
+
+def test_architecture_without_sdpa_falls_back_to_its_default_kernel(tmp_path):
+    import shutil
+
+    import torch
+    from transformers import MPNetConfig, MPNetModel
+
+    from diffembed.modeling.loader import default_model_path
+
+    cfg = MPNetConfig(vocab_size=30527, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    MPNetModel(cfg).save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(default_model_path() / name, tmp_path / name)
+    loaded = load_model(str(tmp_path))  # sdpa requested by default; MPNet only has eager
+    assert type(loaded.model).__name__ == "MPNetModel"
+    assert loaded.model.config._attn_implementation == "eager"

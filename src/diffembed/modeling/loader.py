@@ -138,6 +138,18 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _from_pretrained(spec: ModelSpec, config, dtype: torch.dtype, attn_implementation: str | None):
+    """Load with the requested attention kernel; architectures without it (e.g. MPNet has no sdpa)
+    fall back to their own default instead of failing."""
+    kwargs = dict(config=config, dtype=dtype, trust_remote_code=False)
+    try:
+        return AutoModel.from_pretrained(spec.path, attn_implementation=attn_implementation, **kwargs)
+    except ValueError as exc:
+        if attn_implementation is None or "attention implementation" not in str(exc):
+            raise
+        return AutoModel.from_pretrained(spec.path, **kwargs)
+
+
 def load_model(
     model: str | os.PathLike | None = None,
     *,
@@ -171,10 +183,7 @@ def load_model(
         raise ModelLoadError(f"cannot load the tokenizer in {spec.path}: {exc}") from exc
     _quiet_transformers()
     try:
-        net = AutoModel.from_pretrained(
-            spec.path, config=config, dtype=torch_dtype, attn_implementation=attn_implementation,
-            trust_remote_code=False,
-        )
+        net = _from_pretrained(spec, config, torch_dtype, attn_implementation)
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"cannot load model weights from {spec.path}: {exc}") from exc
     net.to(dev).eval()
