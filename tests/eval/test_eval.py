@@ -87,6 +87,8 @@ def test_beir_round_trip(tmp_path):
     ('{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": \n', None, r"corpus.jsonl:2: malformed JSON"),
     ('{"_id": "d1", "text": ""}\n', None, r"corpus.jsonl:1: 'text' must be a non-empty string"),
     ('{"_id": "d1", "text": "a"}\n{"_id": "d1", "text": "b"}\n', None, r"corpus.jsonl:2: duplicate _id 'd1'"),
+    ('{"_id": "d1", "text": "a"}\n{"text": "no id"}\n', None, r"corpus.jsonl:2: '_id' must be a string or integer"),
+    ('[1, 2]\n', None, r"corpus.jsonl:1: expected a JSON object, got list"),
     (None, "query-id\tcorpus-id\tscore\nq1\tnope\t1\n", r"corpus-id 'nope'.*not in the corpus"),
     (None, "query-id\tcorpus-id\tscore\nqX\td1\t1\n", r"query-id 'qX' is not in queries.jsonl"),
     (None, "q\td\ts\nq1\td1\t1\n", r"test.tsv:1: expected the header"),

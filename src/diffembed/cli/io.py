@@ -6,7 +6,6 @@ atomic rename, so an interrupted run never leaves a half-written output in place
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from diffembed.atomic import write_files
 from diffembed.errors import DataFileError
+from diffembed.jsonl import read_jsonl
 
 INPUT_FORMATS = ("auto", "txt", "jsonl", "parquet")
 ID_FIELDS = ("_id", "id")
@@ -59,7 +59,7 @@ def read_records(path: str | Path, fmt: str = "auto", text_field: str = "text", 
         if kind == "txt":
             return _read_txt(p)
         if kind == "jsonl":
-            return _from_rows(p, _jsonl_rows(p), text_field, chunks_field)
+            return _from_rows(p, read_jsonl(p), text_field, chunks_field)
         return _from_rows(p, _parquet_rows(p), text_field, chunks_field)
     except UnicodeDecodeError as exc:
         raise DataFileError(f"{p} is not valid UTF-8 text ({exc.reason} at byte {exc.start})") from exc
@@ -82,20 +82,6 @@ def _read_txt(p: Path) -> Records:
     if not texts:
         raise DataFileError(f"{p} holds no texts")
     return Records(ids=ids, texts=texts)
-
-
-def _jsonl_rows(p: Path):
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFileError(f"{p}:{n}: malformed JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise DataFileError(f"{p}:{n}: expected a JSON object, got {type(row).__name__}")
-            yield n, row
 
 
 def _parquet_rows(p: Path):

@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 
 from diffembed.atomic import write_text
 from diffembed.errors import DataFileError
+from diffembed.jsonl import read_jsonl
 
 Qrels = dict[str, dict[str, int]]
 
@@ -49,30 +50,11 @@ def chunk_id(doc_id: str, index: int) -> str:
     return f"{doc_id}_{index}"
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object); malformed lines raise with file and line."""
-    if not path.is_file():
-        raise DataFileError(f"missing file {path}")
-    try:
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataFileError(f"{path}:{n}: malformed JSON ({exc.msg})") from exc
-                if not isinstance(row, dict):
-                    raise DataFileError(f"{path}:{n}: expected a JSON object")
-                yield n, row
-    except UnicodeDecodeError as exc:
-        raise DataFileError(f"{path} is not valid UTF-8") from exc
-
-
 def _field(path: Path, n: int, row: dict, key: str, kind: type = str):
     value = row.get(key)
     if not isinstance(value, kind) or (kind is str and key != "title" and not value.strip()):
-        raise DataFileError(f"{path}:{n}: '{key}' must be a {'non-empty string' if kind is str else kind.__name__}")
+        expected = "non-empty string" if kind is str else "string or integer"
+        raise DataFileError(f"{path}:{n}: '{key}' must be a {expected}")
     return value
 
 
