@@ -17,17 +17,10 @@ KINDS = ("retrieval", "contextual")
 
 
 def _load_tokenizer(name: str | None):
-    from transformers import AutoTokenizer
-
-    from diffembed.errors import ModelLoadError
-    from diffembed.modeling.loader import resolve_model_path
+    from diffembed.modeling.loader import load_tokenizer, resolve_model_path
 
     path, display = resolve_model_path(name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    except Exception as exc:  # noqa: BLE001 - any loading failure becomes one clear message
-        raise ModelLoadError(f"cannot load a tokenizer from {path}: {exc}") from exc
-    return tokenizer, display
+    return load_tokenizer(path), display
 
 
 def _existing_dataset(source: Path, out: Path | None, kind: str | None, split: str, limits: bool) -> dict:
@@ -48,7 +41,7 @@ def _existing_dataset(source: Path, out: Path | None, kind: str | None, split: s
                "queries": len(ds.queries), "qrels": sum(len(v) for v in ds.qrels.values())}
     if ds.kind == "contextual":
         summary["documents"] = len(ds.documents)
-        summary["chunks"] = sum(len(d["chunks"]) for d in ds.documents.values())
+        summary["chunks"] = len(ds.chunk_ids())
     else:
         summary["documents"] = len(ds.corpus)
     return summary

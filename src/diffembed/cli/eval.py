@@ -35,7 +35,7 @@ def eval_command(
     if plot is not None and plot.suffix.lower() != ".png":
         raise typer.BadParameter("--plot must end in .png")
     ds = load_dataset(dataset, split=split)
-    n_docs = len(ds.corpus) if ds.kind == "retrieval" else sum(len(d["chunks"]) for d in ds.documents.values())
+    n_docs = len(ds.corpus) if ds.kind == "retrieval" else len(ds.chunk_ids())
     err_console.print(f"{ds.kind} dataset {ds.name}: {len(ds.queries)} queries, {n_docs} "
                       f"{'passages' if ds.kind == 'retrieval' else 'chunks'}")
     systems = [DiffembedSystem(Embedder(model, device=device, dtype=dtype))]

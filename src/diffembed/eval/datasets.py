@@ -42,6 +42,10 @@ class ContextualDataset:
     qrels: Qrels
     kind: str = field(default="contextual", init=False)
 
+    def chunk_texts(self) -> list[str]:
+        """Every chunk, in the same order as ``chunk_ids``."""
+        return [c for doc in self.documents.values() for c in doc["chunks"]]
+
     def chunk_ids(self) -> list[str]:
         return [chunk_id(d, i) for d, doc in self.documents.items() for i in range(len(doc["chunks"]))]
 

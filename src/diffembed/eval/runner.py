@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from diffembed.errors import InputError
-from diffembed.eval.datasets import ContextualDataset, RetrievalDataset, chunk_id
+from diffembed.eval.datasets import ContextualDataset, RetrievalDataset
 from diffembed.eval.metrics import evaluate_run
 from diffembed.eval.search import to_run, top_k
 from diffembed.inference.quantize import PRECISIONS, finalize
@@ -148,7 +148,7 @@ def evaluate(dataset: RetrievalDataset | ContextualDataset, system, grid: Grid) 
         dids = dataset.chunk_ids()
         for mode in grid.modes:
             if mode == "naive":
-                d_vecs = system.passages([c for doc in dataset.documents.values() for c in doc["chunks"]])
+                d_vecs = system.passages(dataset.chunk_texts())
             elif system.supports_late:
                 d_vecs = torch.cat(system.contextual([doc["chunks"] for doc in dataset.documents.values()]))
             else:
@@ -160,5 +160,5 @@ def evaluate(dataset: RetrievalDataset | ContextualDataset, system, grid: Grid) 
     return rows
 
 
-__all__ = ["DiffembedSystem", "Grid", "SentenceTransformersSystem", "chunk_id", "evaluate", "parse_dimensions",
-           "parse_modes", "parse_precisions"]
+__all__ = ["DiffembedSystem", "Grid", "SentenceTransformersSystem", "evaluate", "parse_dimensions", "parse_modes",
+           "parse_precisions"]

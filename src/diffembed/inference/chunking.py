@@ -66,7 +66,7 @@ def split_chunks(text: str, offsets: list[tuple[int, int]], budget: int) -> list
         i = bisect.bisect_right(char_safe, a)  # one character with more tokens than the budget
         return min(char_safe[i], b) if i < len(char_safe) else b
 
-    # Token index at which each sentence starts (as split_chunks does).
+    # Token index at which each sentence starts.
     sentence_tok: list[int] = []
     j = 0
     for start in sentence_starts(text):

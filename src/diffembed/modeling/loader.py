@@ -130,6 +130,13 @@ def _max_length(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, config) -> 
     return min((int(v) for v in limits if v), default=512)
 
 
+def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - any loading failure becomes one clear message
+        raise ModelLoadError(f"cannot load the tokenizer in {path}: {exc}") from exc
+
+
 def _quiet_transformers() -> None:
     """Our CLI reports progress itself; transformers' per-load bars and notices are noise there."""
     from transformers.utils import logging as hf_logging
@@ -177,10 +184,7 @@ def load_model(
             raise ModelLoadError(f"{spec.model_type} is an encoder; it cannot be made causal")
         bidi = True
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=False)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"cannot load the tokenizer in {spec.path}: {exc}") from exc
+    tokenizer = load_tokenizer(spec.path)
     _quiet_transformers()
     try:
         net = _from_pretrained(spec, config, torch_dtype, attn_implementation)
