@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Create .venv in the repository root and install diffembed into it (idempotent).
 #   bash scripts/setup.sh          runtime only
-#   bash scripts/setup.sh --dev    plus test and benchmark dependencies
+#   bash scripts/setup.sh --dev    plus test and benchmark dependencies and the Ray extra (tested in CI)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 extras=""
-[ "${1:-}" = "--dev" ] && extras="[dev]"
+[ "${1:-}" = "--dev" ] && extras="[dev,ray]"
 
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PYTHON --version 2>&1)"

@@ -19,3 +19,11 @@ class ModelLoadError(DiffembedError):
 
 class DataFileError(DiffembedError):
     """An input file is missing, unreadable or malformed."""
+
+
+class IndexStoreError(DiffembedError):
+    """An index folder is missing, unreadable, or was built with other settings."""
+
+
+class ModelMismatchError(IndexStoreError):
+    """A query would be embedded by a different model than the one the index was built with."""

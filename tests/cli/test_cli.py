@@ -13,7 +13,6 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +22,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import diffembed.cli.app as cli_app
+from cli_helpers import assert_clean_error, run_cli
+
 from diffembed import Embedder
 
 DIM = 384
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -39,36 +38,6 @@ TEXTS = [
 
 
 # ---------------------------------------------------------------------------- helpers
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    """Run `diffembed ARGS` in-process through the real entry point -> (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["diffembed", *[str(a) for a in args]])
-    capsys.readouterr()  # drop anything captured before this call
-    code = 0
-    try:
-        cli_app.main()
-    except SystemExit as exc:
-        if exc.code is None:
-            code = 0
-        elif isinstance(exc.code, int):
-            code = exc.code
-        else:  # sys.exit("message") -> exit status 1
-            code = 1
-    out, err = capsys.readouterr()
-    return code, ANSI.sub("", out), ANSI.sub("", err)
-
-
-def assert_clean_error(code: int, err: str, *needles: str) -> str:
-    """A user error: exit 2, one `error: ...` line on stderr, no traceback. Returns the message."""
-    assert code == 2, f"expected exit 2, got {code}; stderr:\n{err}"
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected a one-line error, got:\n{err}"
-    assert lines[0].startswith("error:"), err
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
-
-
 def write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
     return path

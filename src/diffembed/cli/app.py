@@ -6,12 +6,15 @@ import sys
 
 import typer
 
+from diffembed.cli.bulk import bulk_embed
 from diffembed.cli.common import err_console
 from diffembed.cli.data import data_app
 from diffembed.cli.demo import demo
 from diffembed.cli.encode import encode
 from diffembed.cli.eval import eval_command
+from diffembed.cli.index import index_app, search
 from diffembed.cli.info import info
+from diffembed.cli.serve import serve
 from diffembed.errors import DiffembedError
 
 app = typer.Typer(
@@ -24,8 +27,12 @@ app = typer.Typer(
 app.command()(encode)
 app.command()(info)
 app.command()(demo)
+app.command(name="bulk-embed")(bulk_embed)
+app.command()(serve)
 app.command(name="eval")(eval_command)
 app.add_typer(data_app, name="data")
+app.add_typer(index_app, name="index")
+app.command()(search)
 
 
 def main() -> None:

@@ -196,15 +196,9 @@ class Embedder:
         items = check_texts(texts, what="texts")
         precision = check_precision(precision or self.default_precision)
         dims = check_dimensions(dimensions, self.dim)
-        budget = chunk_tokens if chunk_tokens is not None else self.default_chunk_tokens
-        if budget < 1:
-            raise InputError("chunk_tokens must be positive")
         plans, layouts = [], []
         for text in items:
-            content, offsets = tokenize_with_offsets(self.tokenizer, text)
-            if not content:
-                raise InputError("a document produced no tokens")
-            pieces = split_chunks(text, offsets, budget)
+            content, pieces = self._split(text, chunk_tokens)
             plans.append(plan_from_spans(content, [(p.token_start, p.token_end) for p in pieces], self.template))
             layouts.append([(p.char_start, p.char_end) for p in pieces])
         pooled = self._late_pool(plans, batch_tokens, overlap, show_progress)
@@ -213,6 +207,21 @@ class Embedder:
                               embeddings=finalize(p, precision, dims, normalize))
             for text, spans, p in zip(items, layouts, pooled)
         ]
+
+    def chunk_spans(self, text: str, chunk_tokens: int | None = None) -> list[tuple[int, int]]:
+        """The character spans ``encode_documents`` would cut ``text`` into (for naive chunk embedding)."""
+        if not isinstance(text, str):
+            raise InputError(f"text must be a string, got {type(text).__name__}")
+        return [(p.char_start, p.char_end) for p in self._split(text, chunk_tokens)[1]]
+
+    def _split(self, text: str, chunk_tokens: int | None):
+        budget = chunk_tokens if chunk_tokens is not None else self.default_chunk_tokens
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise InputError(f"chunk_tokens must be a positive integer, got {budget!r}")
+        content, offsets = tokenize_with_offsets(self.tokenizer, text)
+        if not content:
+            raise InputError("a document produced no tokens")
+        return content, split_chunks(text, offsets, budget)
 
     @property
     def default_chunk_tokens(self) -> int:

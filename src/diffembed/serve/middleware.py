@@ -1,0 +1,105 @@
+"""Pure ASGI middleware: they see every request, including ones no route matches, and they can
+answer before FastAPI reads or parses anything."""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from diffembed.serve.errors import error_response
+from diffembed.serve.metrics import ServeMetrics
+
+
+class MetricsMiddleware:
+    """Counts every answer, 401 and 413 included. Unknown paths share one label, so a scanner
+    cannot blow up the number of time series."""
+
+    def __init__(self, app, metrics: ServeMetrics, routes: frozenset[str]):
+        self.app, self.metrics, self.routes = app, metrics, routes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope["path"] if scope["path"] in self.routes else "unmatched"
+            self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - start)
+
+
+class AuthMiddleware:
+    """Bearer-key check on every path except ``GET /health`` (load balancers probe it without
+    secrets). Docs and the OpenAPI document are protected like any other route."""
+
+    def __init__(self, app, api_key: str, open_routes: frozenset[tuple[str, str]] = frozenset({("GET", "/health")})):
+        self.app, self.key, self.open = app, api_key.encode("utf-8"), open_routes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or (scope["method"], scope["path"]) in self.open:
+            return await self.app(scope, receive, send)
+        header = next((v for k, v in scope.get("headers", []) if k.lower() == b"authorization"), b"")
+        scheme, _, token = header.strip().partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+            response = error_response(401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
+                                      "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over ``limit`` bytes with 413: at once when Content-Length says so, else while
+    counting the bytes as they stream in (chunked uploads have no Content-Length). The body is
+    buffered here and replayed to the app, which parses all of it anyway."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = next((v for k, v in scope.get("headers", []) if k.lower() == b"content-length"), None)
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                response = error_response(400, "invalid Content-Length header", "invalid_request")
+                return await response(scope, receive, send)
+            if size > self.limit:
+                return await self._too_large(scope, receive, send, size)
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body = message.get("body", b"")
+            total += len(body)
+            if total > self.limit:
+                return await self._too_large(scope, receive, send, None)
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _too_large(self, scope, receive, send, size: int | None):
+        got = f"{size} bytes" if size is not None else f"more than {self.limit} bytes"
+        response = error_response(413, f"request body is {got}; the limit is {self.limit} bytes",
+                                  "request_too_large", headers={"Connection": "close"})
+        await response(scope, receive, send)
