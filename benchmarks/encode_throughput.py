@@ -29,18 +29,21 @@ DOC_ROOT = Path("/usr/share/doc/python3.11/html/_sources")
 MARKUP = re.compile(r"^\s*(\.\.(\s|$)|:[\w-]+:(\s|$)|([=\-~^\"'`#*+])\4{2,}\s*$)")
 
 
-def load_corpus(n: int, seed: int = 0) -> list[str]:
+def doc_paragraphs() -> list[str]:
+    """Every blank-line block of the python3.11-doc reST sources that is not pure markup, whitespace-joined."""
     if not DOC_ROOT.is_dir():
         sys.exit(f"{DOC_ROOT} not found: run `apt-get install python3.11-doc` to get the corpus")
-    paragraphs = []
+    out = []
     for path in sorted(DOC_ROOT.rglob("*.rst.txt")):
         for block in re.split(r"\n\s*\n", path.read_text(encoding="utf-8", errors="replace")):
             lines = [ln for ln in block.splitlines() if ln.strip()]
-            if not lines or all(MARKUP.match(ln) for ln in lines):
-                continue
-            text = " ".join(block.split())
-            if len(text) >= 40:
-                paragraphs.append(text)
+            if lines and not all(MARKUP.match(ln) for ln in lines):
+                out.append(" ".join(block.split()))
+    return out
+
+
+def load_corpus(n: int, seed: int = 0) -> list[str]:
+    paragraphs = [p for p in doc_paragraphs() if len(p) >= 40]
     if n > len(paragraphs):
         sys.exit(f"--n {n} exceeds the {len(paragraphs)} paragraphs available")
     return random.Random(seed).sample(paragraphs, n)

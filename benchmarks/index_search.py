@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import shlex
 import shutil
 import sqlite3
@@ -41,7 +40,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
 import numpy as np
 import torch
 
-from encode_throughput import DOC_ROOT, MARKUP, machine_info
+from encode_throughput import doc_paragraphs as all_doc_paragraphs
+from encode_throughput import machine_info
 
 ROOT = Path(__file__).resolve().parent.parent
 SQUAD = ROOT.parent / "shared" / "data" / "squad-v1.1-dev.json.gz"
@@ -72,20 +72,8 @@ def squad_corpus(path: Path) -> tuple[list[str], list[tuple[str, str, int]]]:
 
 
 def doc_paragraphs(min_words: int = 20) -> list[str]:
-    """python3.11-doc paragraphs: blank-line blocks that are not pure reST markup, >= min_words words."""
-    if not DOC_ROOT.is_dir():
-        sys.exit(f"{DOC_ROOT} not found: run `apt-get install python3.11-doc` to get the corpus")
-    out, seen = [], set()
-    for path in sorted(DOC_ROOT.rglob("*.rst.txt")):
-        for block in re.split(r"\n\s*\n", path.read_text(encoding="utf-8", errors="replace")):
-            lines = [ln for ln in block.splitlines() if ln.strip()]
-            if not lines or all(MARKUP.match(ln) for ln in lines):
-                continue
-            text = " ".join(block.split())
-            if len(text.split()) >= min_words and text not in seen:
-                seen.add(text)
-                out.append(text)
-    return out
+    """python3.11-doc paragraphs (see encode_throughput) of >= min_words words, first occurrence only."""
+    return list(dict.fromkeys(p for p in all_doc_paragraphs() if len(p.split()) >= min_words))
 
 
 def load_data(n_paragraphs: int, n_questions: int, seed: int = 0):

@@ -15,7 +15,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from collections import Counter  # noqa: E402
@@ -30,7 +29,7 @@ import pytest  # noqa: E402
 ray = pytest.importorskip("ray", reason="the Ray extra is not installed (pip install 'diffembed[ray]')")
 import ray.data  # noqa: E402
 
-import diffembed.cli.app as cli_app  # noqa: E402
+from cli_helpers import run_cli  # noqa: E402
 from diffembed import Embedder  # noqa: E402
 from diffembed.bulk import embed_dataset, embed_to_parquet  # noqa: E402
 from diffembed.bulk import ray_data as bulk  # noqa: E402
@@ -38,7 +37,6 @@ from diffembed.errors import DataFileError, InputError  # noqa: E402
 
 # Ray Data's own DataContext warns about its renamed settings on first use; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 WORDS = ("the cat sat on the mat", "berlin is the capital of germany", "the river has water",
          "a king and a queen", "music and song", "the old red house", "one two three four five",
          "the dog is blue", "paris is in france", "war and peace")
@@ -80,18 +78,6 @@ def by_id(table) -> dict[str, dict]:
 
 def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
-
-
-def run_cli(args, monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["diffembed", *map(str, args)])
-    capsys.readouterr()
-    try:
-        cli_app.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, ANSI.sub("", out), ANSI.sub("", err)
 
 
 # ---------------------------------------------------------------------------- pipelines

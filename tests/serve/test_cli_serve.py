@@ -6,30 +6,18 @@ uvicorn.run is replaced by a recorder, so these tests check the command line wit
 
 from __future__ import annotations
 
-import re
-import sys
-
 import pytest
+from cli_helpers import run_cli as run_cli_split
 
 import diffembed
-import diffembed.cli.app as cli_app
 from diffembed import Embedder
 from diffembed.cli.serve import read_api_key
 from diffembed.errors import InputError
 
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
 
 def run_cli(args, monkeypatch, capsys) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["diffembed", *map(str, args)])
-    capsys.readouterr()
-    try:
-        cli_app.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, ANSI.sub("", out + err)
+    code, out, err = run_cli_split(args, monkeypatch, capsys)
+    return code, out + err
 
 
 @pytest.fixture()
