@@ -1,0 +1,1 @@
+"""Training: pretraining objectives (masked diffusion, MNTP) and, later, the stage loops."""

@@ -1,0 +1,93 @@
+"""Stage-0 pretraining objectives: masked diffusion (MDLM/LLaDA style) and LLM2Vec's MNTP baseline.
+
+Masked diffusion: per sequence draw t ~ U(eps, 1), replace each maskable token by the mask token
+with probability t, and predict the original token *in place* with bidirectional attention. The
+loss is the cross-entropy on masked positions, each weighted by 1/t, summed per sequence and divided
+by that sequence's length (its non-padding tokens), then averaged over the batch: an unbiased
+estimate of the masked-diffusion ELBO. The 1/t weight keeps lightly masked sequences (few targets)
+from counting for less.
+
+MNTP: a fixed masking rate, and token i is predicted from position i - 1 (the decoder's usual
+shifted head), cross-entropy averaged over masked positions.
+
+Both take ``maskable``: a boolean tensor of the positions that may be masked (not padding, not a
+special token), so the batch builder decides once what "special" means for its tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+@dataclass
+class MaskedBatch:
+    input_ids: torch.Tensor  # (B, L) with masked positions replaced by the mask id
+    labels: torch.Tensor  # (B, L) original ids at masked positions, IGNORE elsewhere
+    masked: torch.Tensor  # (B, L) bool
+    t: torch.Tensor  # (B,) masking rate drawn per sequence (the fixed rate for MNTP)
+
+
+def maskable_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids) -> torch.Tensor:
+    """Real (non-padding) tokens that are not special tokens."""
+    special = torch.as_tensor(sorted(set(int(i) for i in special_ids)), dtype=input_ids.dtype, device=input_ids.device)
+    return attention_mask.bool() & ~torch.isin(input_ids, special)
+
+
+def diffusion_mask(input_ids: torch.Tensor, maskable: torch.Tensor, mask_id: int, *, eps: float = 1e-3,
+                   generator: torch.Generator | None = None) -> MaskedBatch:
+    if not 0.0 < eps < 1.0:
+        raise ValueError(f"eps must be in (0, 1), got {eps}")
+    b = input_ids.shape[0]
+    t = eps + (1.0 - eps) * torch.rand(b, generator=generator, device=input_ids.device)
+    return _apply(input_ids, maskable, mask_id, t, generator)
+
+
+def fixed_rate_mask(input_ids: torch.Tensor, maskable: torch.Tensor, mask_id: int, rate: float, *,
+                    generator: torch.Generator | None = None) -> MaskedBatch:
+    if not 0.0 < rate <= 1.0:
+        raise ValueError(f"mask rate must be in (0, 1], got {rate}")
+    t = torch.full((input_ids.shape[0],), float(rate), device=input_ids.device)
+    return _apply(input_ids, maskable, mask_id, t, generator)
+
+
+def _apply(input_ids, maskable, mask_id, t, generator) -> MaskedBatch:
+    draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    masked = maskable & (draw < t.unsqueeze(1))
+    return MaskedBatch(
+        input_ids=torch.where(masked, torch.full_like(input_ids, mask_id), input_ids),
+        labels=torch.where(masked, input_ids, torch.full_like(input_ids, IGNORE)),
+        masked=masked,
+        t=t,
+    )
+
+
+def diffusion_loss(logits: torch.Tensor, batch: MaskedBatch, attention_mask: torch.Tensor) -> torch.Tensor:
+    """sum over masked positions of CE / t, divided by each sequence's length, averaged over sequences."""
+    ce = F.cross_entropy(logits.float().transpose(1, 2), batch.labels, ignore_index=IGNORE, reduction="none")  # (B, L)
+    per_seq = ce.sum(dim=1) / batch.t / attention_mask.sum(dim=1).clamp(min=1)
+    return per_seq.mean()
+
+
+def mntp_loss(logits: torch.Tensor, batch: MaskedBatch) -> torch.Tensor:
+    """Shifted prediction: logits at i - 1 predict the masked token at i; mean over masked tokens."""
+    shifted_logits = logits[:, :-1].float()
+    labels = batch.labels[:, 1:]
+    if not (labels != IGNORE).any():
+        return shifted_logits.sum() * 0.0  # no target in this batch: a zero that still has a graph
+    return F.cross_entropy(shifted_logits.transpose(1, 2), labels, ignore_index=IGNORE)
+
+
+def masked_accuracy(logits: torch.Tensor, batch: MaskedBatch, shifted: bool = False) -> tuple[int, int]:
+    """(correct, total) over masked positions, for in-place or shifted prediction."""
+    if shifted:
+        logits, labels = logits[:, :-1], batch.labels[:, 1:]
+    else:
+        labels = batch.labels
+    target = labels != IGNORE
+    correct = (logits.argmax(dim=-1) == labels) & target
+    return int(correct.sum()), int(target.sum())
