@@ -242,3 +242,17 @@ def test_real_smollm2_step_adds_a_mask_token_and_exports(smollm2_converted, tmp_
     emb = Embedder(str(out / "final"), show_progress=False)
     assert emb.loaded.bidirectional and emb.loaded.model.config.vocab_size == 49153
     assert emb.encode(["a real sentence"]).shape == (1, 576)
+
+
+def test_resume_refuses_a_checkpoint_of_other_data_settings(full_run, tiny_lm, word_corpus, tmp_path):
+    import shutil
+
+    from diffembed.errors import DiffembedError
+
+    out = tmp_path / "run"
+    shutil.copytree(full_run / "checkpoints", out / "checkpoints")
+    with pytest.raises(DiffembedError, match="other model, objective or data settings"):
+        run_pretrain(cfg_for(tiny_lm, word_corpus, out, **{"data.seq_len": 16, "train.steps": 8}), progress=False)
+    # a longer schedule on the same stream is fine: it continues from step 6
+    run_pretrain(cfg_for(tiny_lm, word_corpus, out, **{"train.steps": 8}), progress=False)
+    assert [s for s, _ in curve(out)][-2:] == [7, 8]

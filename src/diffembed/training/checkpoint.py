@@ -27,6 +27,7 @@ class TrainerState:
     rows_consumed: int = 0
     tokens_seen: int = 0
     elapsed_s: float = 0.0
+    fingerprint: str = ""  # of the settings that define the data stream and the model (see pretrain)
 
 
 def checkpoint_dir(root: Path, step: int) -> Path:

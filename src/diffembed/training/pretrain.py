@@ -54,7 +54,8 @@ def _accelerator(cfg: PretrainConfig):
     if acc.num_processes != launched:
         raise DiffembedError(f"launched as {launched} processes but accelerate set up {acc.num_processes}")
     if cfg.train.distributed == "fsdp" and acc.distributed_type != DistributedType.FSDP and acc.num_processes > 1:
-        raise DiffembedError("train.distributed is fsdp but accelerate did not set up FSDP")
+        raise DiffembedError("train.distributed is fsdp but accelerate did not set up FSDP (it does so for "
+                             f"GPU processes only; this is {acc.distributed_type.name}): use ddp on CPU")
     return acc
 
 
@@ -163,10 +164,14 @@ def run_pretrain(cfg: PretrainConfig, *, resume: str | None = "auto",
     denoiser, optimizer = accelerator.prepare(denoiser, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
-    state = TrainerState()
+    state = TrainerState(fingerprint=stream_fingerprint(cfg))
     if resume_from is not None:
+        saved = read_state(resume_from)
+        if saved.fingerprint and saved.fingerprint != state.fingerprint:
+            raise DiffembedError(f"{resume_from} was written with other model, objective or data settings; "
+                                 "resuming would not continue the same run. Use --resume none or another output_dir")
         accelerator.load_state(str(resume_from))
-        state = read_state(resume_from)
+        state = saved
         log.truncate_after(state.step)
     elif accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -288,6 +293,18 @@ def run_pretrain(cfg: PretrainConfig, *, resume: str | None = "auto",
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
+
+
+def stream_fingerprint(cfg: PretrainConfig) -> str:
+    """Hash of what a resumed run must share with the original: model, objective, data stream, seed.
+    Steps, schedule, batch shape and logging may change between runs (rows are counted, not steps)."""
+    import hashlib
+    import json
+
+    keep = {"model": cfg.model.model_dump(mode="json", exclude={"gradient_checkpointing"}),
+            "objective": cfg.objective.model_dump(mode="json"),
+            "data": cfg.data.model_dump(mode="json", exclude={"eval"}), "seed": cfg.train.seed}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _over_budget(accelerator, cfg: PretrainConfig, elapsed_s: float) -> bool:

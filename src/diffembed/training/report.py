@@ -51,13 +51,16 @@ def plot_run(metrics: str | Path, out_png: str | Path, title: str = "masked-diff
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     train = [r for r in records if r["kind"] == "train"]
     if train:
-        ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], color="0.75", lw=1,
-                     label="train (per logged step)")
+        steps, losses = [r["step"] for r in train], [r["loss"] for r in train]
+        ax_loss.plot(steps, losses, color="0.8", lw=0.8, label="train (one step per log line)")
+        w = min(10, len(losses))
+        smooth = [sum(losses[max(0, i - w + 1):i + 1]) / len(losses[max(0, i - w + 1):i + 1]) for i in range(len(losses))]
+        ax_loss.plot(steps, smooth, color="0.4", lw=1.2, label=f"train (mean of last {w} log lines)")
     for name in dict.fromkeys(r.get("set", "heldout") for r in records if r["kind"] == "eval"):
         rows = [r for r in records if r["kind"] == "eval" and r.get("set", "heldout") == name]
         steps = [r["step"] for r in rows]
-        ax_loss.plot(steps, [r["eval_loss"] for r in rows], marker="o", ms=3, label=f"{name} (held out)")
-        ax_acc.plot(steps, [r["eval_acc"] for r in rows], marker="o", ms=3, label=f"{name} (held out)")
+        ax_loss.plot(steps, [r["eval_loss"] for r in rows], marker="o", ms=3, label=f"{name} set")
+        ax_acc.plot(steps, [r["eval_acc"] for r in rows], marker="o", ms=3, label=f"{name} set")
     ax_loss.set(xlabel="step", ylabel="masked-diffusion loss (1/t weighted, per token)", title="loss")
     ax_acc.set(xlabel="step", ylabel="accuracy on masked tokens", title="masked-token accuracy")
     for ax in (ax_loss, ax_acc):
