@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -53,4 +54,5 @@ def pretrain(
                               f"masked acc {record['eval_acc']:.4f}", highlight=False)
 
     final = run_pretrain(cfg, resume=resume, on_log=show, progress=not quiet)
-    typer.echo(str(final))
+    if os.environ.get("RANK", "0") == "0":  # once, not once per process under torchrun
+        typer.echo(str(final))

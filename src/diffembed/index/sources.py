@@ -46,9 +46,9 @@ def collect_files(paths: Sequence[str | Path]) -> list[SourceFile]:
             raise DataFileError(f"{path}: no such file or folder")
         if path.is_dir():
             root = path.resolve().name or "root"
-            found = sorted(p for p in path.rglob("*") if p.is_file() and _kind(p) and not _hidden(p, path))
+            found = sorted(p for p in path.rglob("*") if p.is_file() and file_kind(p) and not is_hidden(p, path))
             out.extend(SourceFile(p, f"{root}/{p.relative_to(path).as_posix()}") for p in found)
-        elif _kind(path):
+        elif file_kind(path):
             out.append(SourceFile(path, path.name))
         else:
             raise DataFileError(f"{path}: unsupported file type (use {', '.join(SUFFIXES)})")
@@ -58,7 +58,7 @@ def collect_files(paths: Sequence[str | Path]) -> list[SourceFile]:
 def read_documents(files: Sequence[SourceFile], skipped: list[str] | None = None) -> Iterator[SourceDocument]:
     """Yield documents file by file. Undecodable text files are skipped and named in ``skipped``."""
     for f in files:
-        kind = _kind(f.path)
+        kind = file_kind(f.path)
         if kind == "jsonl":  # a broken record is an error: its id is unknown, so it cannot be skipped safely
             yield from _jsonl_documents(f.path)
             continue
@@ -86,7 +86,8 @@ def _jsonl_documents(path: Path) -> Iterator[SourceDocument]:
         yield SourceDocument(str(doc_id), body, f"{path}:{n}")
 
 
-def _kind(path: Path) -> str | None:
+def file_kind(path: Path) -> str | None:
+    """jsonl, html or text by suffix; None for anything else."""
     name = path.name.lower()
     if name.endswith(JSONL_SUFFIXES):
         return "jsonl"
@@ -97,7 +98,7 @@ def _kind(path: Path) -> str | None:
     return None
 
 
-def _hidden(path: Path, root: Path) -> bool:
+def is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 

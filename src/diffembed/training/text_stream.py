@@ -26,14 +26,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from diffembed.errors import DataFileError, InputError
-from diffembed.index.sources import html_to_text
+from diffembed.index.sources import SUFFIXES as INDEX_SUFFIXES
+from diffembed.index.sources import file_kind, html_to_text, is_hidden
 from diffembed.jsonl import read_jsonl
 
-_PLAIN = (".txt", ".md", ".markdown", ".rst")
-_HTML = (".html", ".htm")
-_JSONL = (".jsonl",)
 _PARQUET = (".parquet",)
-TEXT_SUFFIXES = tuple(s + gz for s in _PLAIN + _HTML + _JSONL for gz in ("", ".gz")) + _PARQUET
+# what `index add` reads (text, html, jsonl), each also gzipped, plus parquet
+TEXT_SUFFIXES = tuple(s + gz for s in INDEX_SUFFIXES for gz in ("", ".gz")) + _PARQUET
 
 SPLITS = ("train", "heldout", "all")
 BATCH_DOCS = 64  # documents per tokenizer call
@@ -51,7 +50,7 @@ def list_files(sources: Sequence[str | Path]) -> list[Path]:
         if not path.exists():
             raise DataFileError(f"{path}: no such file or folder")
         if path.is_dir():
-            found = (p for p in path.rglob("*") if p.is_file() and _kind(p) and not _hidden(p, path))
+            found = (p for p in path.rglob("*") if p.is_file() and _kind(p) and not is_hidden(p, path))
             out.update(dict.fromkeys(sorted(found)))
         elif _kind(path):
             out[path] = None
@@ -275,17 +274,11 @@ def _parquet_texts(path: Path, field: str) -> Iterator[str]:
 
 
 def _kind(path: Path) -> str | None:
+    """The index's kinds (text, html, jsonl), each also gzipped, plus parquet."""
     name = path.name.lower()
     if name.endswith(_PARQUET):
         return "parquet"
-    name = name.removesuffix(".gz")
-    if name.endswith(_JSONL):
-        return "jsonl"
-    if name.endswith(_HTML):
-        return "html"
-    if name.endswith(_PLAIN):
-        return "text"
-    return None
+    return file_kind(Path(name.removesuffix(".gz")))
 
 
 def _file_key(path: Path) -> str:
@@ -294,7 +287,3 @@ def _file_key(path: Path) -> str:
 
 def _gzipped(path: Path) -> bool:
     return path.name.lower().endswith(".gz")
-
-
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
