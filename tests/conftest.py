@@ -10,7 +10,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from tiny_models import WORDS, build_pplx_layout, build_tiny  # noqa: E402,F401
+from tiny_models import build_pplx_layout, build_tiny  # noqa: E402
 
 
 @pytest.fixture(scope="session")
