@@ -32,7 +32,12 @@ from diffembed.training.pretrain_config import PretrainConfig
 from diffembed.training.run_log import JsonlLog, flops_per_token, peak_flops
 from diffembed.training.text_stream import PackedStream, list_files
 
-ROW_SEED_STRIDE = 1 << 40  # row seeds: seed * stride + row index, unique per (seed, row)
+ROW_SEED_STRIDE = 1 << 40
+
+
+def row_seed(seed: int, index: int) -> int:
+    """The mask generator's seed of a row: unique per (seed, index in the stream or eval set)."""
+    return seed * ROW_SEED_STRIDE + index
 
 
 def _accelerator(cfg: PretrainConfig):
@@ -124,7 +129,7 @@ def evaluate(model, accelerator, batcher: _Batcher, rows: list[list[int]], cfg: 
         idx = mine[start : start + bs]
         if not idx:  # this process has no rows left; still join the collective below
             break
-        batch = batcher([rows[i] for i in idx], [cfg.eval.seed * ROW_SEED_STRIDE + i for i in idx])
+        batch = batcher([rows[i] for i in idx], [row_seed(cfg.eval.seed, i) for i in idx])
         with accelerator.autocast():
             out = model(**batch)
         sums += torch.stack([out["loss_sum"].double(), out["loss_count"].double(), out["correct"], out["total"]])
@@ -229,7 +234,7 @@ def run_pretrain(cfg: PretrainConfig, *, resume: str | None = "auto",
         for j in range(accum):
             offset = (j * world + rank) * mbs
             idx = list(range(offset, offset + mbs))
-            batch = batcher([step_rows[i] for i in idx], [cfg.train.seed * ROW_SEED_STRIDE + base + i for i in idx])
+            batch = batcher([step_rows[i] for i in idx], [row_seed(cfg.train.seed, base + i) for i in idx])
             sync = accelerator.no_sync(denoiser) if j < accum - 1 else nullcontext()
             with sync, accelerator.autocast():
                 out_j = denoiser(**batch)

@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 
 from diffembed.errors import ModelLoadError
 from diffembed.modeling.bidirectional import set_bidirectional
-from diffembed.modeling.layout import DECODER_MODEL_TYPES
+from diffembed.modeling.layout import read_model_spec
 from diffembed.modeling.loader import load_tokenizer, quiet_transformers, resolve_model_path
 from diffembed.training.pretrain_config import ModelSection, ObjectiveSection
 
@@ -59,8 +59,7 @@ def load_pretrain_model(model_cfg: ModelSection, objective: ObjectiveSection) ->
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"cannot read the config in {path}: {exc}") from exc
-    if not any(a.endswith("ForCausalLM") for a in (config.architectures or [])) and \
-            config.model_type not in DECODER_MODEL_TYPES:
+    if not read_model_spec(path).is_decoder:
         raise ModelLoadError(f"{path} is not a decoder LM ({config.model_type}); pretraining needs a *ForCausalLM")
     set_bidirectional(config, True)
     config.use_cache = False

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from diffembed.atomic import write_text
+
 # Dense bf16 peak, TFLOP/s, by device-name substring (vendor datasheets).
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
 
@@ -30,7 +32,7 @@ class JsonlLog:
                     kept.append(line)
             except json.JSONDecodeError:
                 break  # a torn last line from a crash
-        self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        write_text(self.path, [k + "\n" for k in kept])  # atomic: a crash here keeps the old log
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
