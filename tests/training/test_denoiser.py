@@ -8,8 +8,8 @@ import torch
 
 from diffembed.errors import ModelLoadError
 from diffembed.training.denoiser import MaskedDenoiser
-from diffembed.training.objectives import (diffusion_loss, diffusion_mask, fixed_rate_mask, masked_accuracy,
-                                           maskable_positions, mask_rows, mntp_loss)
+from diffembed.training.objectives import diffusion_mask, fixed_rate_mask, maskable_positions, mask_rows
+from reference_losses import diffusion_loss, masked_accuracy, mntp_loss
 from diffembed.training.pretrain_config import ModelSection, ObjectiveSection
 from diffembed.training.pretrain_model import load_pretrain_model
 

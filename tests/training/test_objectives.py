@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from diffembed.modeling.bidirectional import set_bidirectional
-from diffembed.training.objectives import (IGNORE, diffusion_loss, diffusion_mask, fixed_rate_mask, masked_accuracy,
-                                           maskable_positions, mntp_loss)
+from diffembed.training.objectives import IGNORE, diffusion_mask, fixed_rate_mask, maskable_positions
+from reference_losses import diffusion_loss, masked_accuracy, mntp_loss
 
 MASK, PAD, BOS = 3, 0, 4
 

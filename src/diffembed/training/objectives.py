@@ -10,7 +10,10 @@ from counting for less.
 MNTP: a fixed masking rate, and token i is predicted from position i - 1 (the decoder's usual
 shifted head), cross-entropy averaged over masked positions.
 
-Both take ``maskable``: a boolean tensor of the positions that may be masked (not padding, not a
+The losses themselves live in `denoiser.py` (the LM head applied to masked positions only); the
+full-logit reference forms that the tests check it against are in tests/training/reference_losses.py.
+
+Both masks take ``maskable``: a boolean tensor of the positions that may be masked (not padding, not a
 special token), so the batch builder decides once what "special" means for its tokenizer.
 """
 
@@ -19,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 IGNORE = -100
 
@@ -64,33 +66,6 @@ def _apply(input_ids, maskable, mask_id, t, generator) -> MaskedBatch:
         masked=masked,
         t=t,
     )
-
-
-def diffusion_loss(logits: torch.Tensor, batch: MaskedBatch, attention_mask: torch.Tensor) -> torch.Tensor:
-    """sum over masked positions of CE / t, divided by each sequence's length, averaged over sequences."""
-    ce = F.cross_entropy(logits.float().transpose(1, 2), batch.labels, ignore_index=IGNORE, reduction="none")  # (B, L)
-    per_seq = ce.sum(dim=1) / batch.t / attention_mask.sum(dim=1).clamp(min=1)
-    return per_seq.mean()
-
-
-def mntp_loss(logits: torch.Tensor, batch: MaskedBatch) -> torch.Tensor:
-    """Shifted prediction: logits at i - 1 predict the masked token at i; mean over masked tokens."""
-    shifted_logits = logits[:, :-1].float()
-    labels = batch.labels[:, 1:]
-    if not (labels != IGNORE).any():
-        return shifted_logits.sum() * 0.0  # no target in this batch: a zero that still has a graph
-    return F.cross_entropy(shifted_logits.transpose(1, 2), labels, ignore_index=IGNORE)
-
-
-def masked_accuracy(logits: torch.Tensor, batch: MaskedBatch, shifted: bool = False) -> tuple[int, int]:
-    """(correct, total) over masked positions, for in-place or shifted prediction."""
-    if shifted:
-        logits, labels = logits[:, :-1], batch.labels[:, 1:]
-    else:
-        labels = batch.labels
-    target = labels != IGNORE
-    correct = (logits.argmax(dim=-1) == labels) & target
-    return int(correct.sum()), int(target.sum())
 
 
 def mask_rows(input_ids: torch.Tensor, maskable: torch.Tensor, mask_id: int, row_seeds, *, objective: str,
