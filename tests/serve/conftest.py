@@ -1,7 +1,7 @@
 """Real `diffembed serve` processes for the HTTP tests, started once per session.
 
-Both servers (plain and API-key) are launched together so their model loads overlap; each fixture
-then waits for its own /health. Servers are killed at session end.
+The servers (plain, API-key, short connection timeouts) are launched together so their model loads
+overlap; each fixture then waits for its own /health. Servers are killed at session end.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ API_KEY = "s3cret-test-key"
 # Small limits so 413 paths are cheap to reach; documented in the test module that relies on them.
 PLAIN_ARGS = ["--max-inputs", "64", "--max-body-bytes", str(1 << 20), "--max-documents", "4",
               "--max-chunks", "20", "--max-tokens-per-document", "400", "--batch-wait-ms", "5"]
+# Short connection deadlines, so idle and slow clients are cut off within test time (test_connections.py).
+TIMEOUT_ARGS = ["--keep-alive-timeout", "1", "--body-timeout", "2"]
 
 
 @dataclass
@@ -77,6 +79,7 @@ def _servers(tmp_path_factory):
     servers = {
         "plain": launch(PLAIN_ARGS, root / "plain.log"),
         "auth": launch(["--api-key-file", str(key_file)], root / "auth.log"),
+        "timeouts": launch(TIMEOUT_ARGS, root / "timeouts.log"),
     }
     yield servers
     for server in servers.values():
@@ -98,3 +101,9 @@ def api_key() -> str:
 def auth_server(_servers) -> Server:
     _servers["auth"].wait_ready()
     return _servers["auth"]
+
+
+@pytest.fixture(scope="session")
+def timeouts_server(_servers) -> Server:
+    _servers["timeouts"].wait_ready()
+    return _servers["timeouts"]

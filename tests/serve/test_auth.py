@@ -61,6 +61,8 @@ def test_the_key_opens_every_route(http, api_key, method, path, body):
 def test_health_is_open(http):
     r = http.get("/health")
     assert r.status_code == 200 and r.json()["status"] == "ok"
+    r = http.head("/health")  # load-balancer probes use HEAD, without a key
+    assert r.status_code == 200 and r.content == b""
 
 
 def test_openapi_declares_bearer_auth(http, api_key):

@@ -13,6 +13,7 @@ import diffembed
 from diffembed import Embedder
 from diffembed.cli.serve import read_api_key
 from diffembed.errors import InputError
+from diffembed.serve.protocol import JsonErrorH11Protocol
 
 
 def run_cli(args, monkeypatch, capsys) -> tuple[int, str]:
@@ -55,6 +56,8 @@ def test_read_api_key(tmp_path):
     (["--api-key-file", "{tmp}/empty"], "is empty"),
     (["--index", "{tmp}/no-index"], "is not a folder"),
     (["--log-level", "loud"], "unknown --log-level"),
+    (["--keep-alive-timeout", "0"], "--keep-alive-timeout must be above 0"),
+    (["--body-timeout", "-1"], "--body-timeout must be above 0"),
 ])
 def test_start_up_mistakes_fail_before_loading_a_model(monkeypatch, capsys, tmp_path, uvicorn_calls, args, needle):
     (tmp_path / "empty").write_text("\n")
@@ -75,14 +78,17 @@ def test_flags_reach_the_app_and_uvicorn(monkeypatch, capsys, tmp_path, tiny_emb
     key = tmp_path / "key"
     key.write_text("sekrit\n")
     code, out = run_cli(["serve", "--host", "0.0.0.0", "--port", "9123", "--api-key-file", key, "--max-inputs", "7",
-                         "--batch-wait-ms", "3", "--served-model-name", "my-model", "--log-level", "warning"],
+                         "--batch-wait-ms", "3", "--served-model-name", "my-model", "--log-level", "warning",
+                         "--keep-alive-timeout", "2.5", "--body-timeout", "9"],
                         monkeypatch, capsys)
     assert code == 0, out
     assert "http://0.0.0.0:9123" in out and "auth on" in out  # the start-up line
     (app, kwargs), = uvicorn_calls
-    assert kwargs == {"host": "0.0.0.0", "port": 9123, "workers": 1, "log_level": "warning"}
+    assert kwargs == {"host": "0.0.0.0", "port": 9123, "workers": 1, "log_level": "warning",
+                      "http": JsonErrorH11Protocol, "timeout_keep_alive": 2.5}
     s = app.state.settings
     assert (s.api_key, s.max_inputs_per_request, s.batch_wait_ms, s.model_name) == ("sekrit", 7, 3.0, "my-model")
+    assert (s.keep_alive_timeout_s, s.body_timeout_s) == (2.5, 9.0)
     assert s.max_tokens_per_input == 126  # the tiny model's window: 128 positions minus [CLS] and [SEP]
 
 

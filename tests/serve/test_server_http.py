@@ -114,6 +114,79 @@ def test_base64_over_plain_http_is_little_endian_float32(http, minilm):
     np.testing.assert_allclose(got, minilm.encode(TEXTS, precision="float32"), atol=1e-5)
 
 
+# ---------------------------------------------------------------------------- pplx formats on /v1/embeddings
+def decode_int8(b64: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(b64), dtype=np.int8)
+
+
+def decode_bits(b64: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(b64), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def pplx(server):
+    from perplexity import Perplexity
+
+    return Perplexity(base_url=server.url, api_key="unused", max_retries=0)
+
+
+@pytest.mark.parametrize("dimensions", [None, 128])
+def test_perplexity_client_embeddings_default_int8(server, minilm, dimensions):
+    """The pplx SDK sends no encoding_format unless asked and a `pplx-` model name: int8 comes back,
+    as from the pplx API, equal to Embedder.encode(precision="int8")."""
+    from perplexity import Perplexity
+
+    sent: list[dict] = []
+    hooks = {"request": [lambda request: sent.append(json.loads(request.content))]}
+    kwargs = {"dimensions": dimensions} if dimensions else {}
+    with httpx.Client(event_hooks=hooks) as transport:
+        client = Perplexity(base_url=server.url, api_key="unused", max_retries=0, http_client=transport)
+        r = client.embeddings.create(model="pplx-embed-v1-0.6b", input=TEXTS, **kwargs)
+    assert "encoding_format" not in sent[0]
+    got = np.stack([decode_int8(d.embedding) for d in r.data])
+    np.testing.assert_array_equal(got, minilm.encode(TEXTS, precision="int8", dimensions=dimensions))
+    assert [d.index for d in r.data] == list(range(len(TEXTS))) and r.model == "pplx-embed-v1-0.6b"
+    assert r.usage.prompt_tokens == sum(len(x) for x in minilm.tokenizer(TEXTS, add_special_tokens=False)["input_ids"])
+
+
+def test_perplexity_client_embeddings_int8_and_binary(pplx, minilm):
+    r = pplx.embeddings.create(model="pplx-embed-v1-4b", input=TEXTS[0], encoding_format="base64_int8")
+    np.testing.assert_array_equal(decode_int8(r.data[0].embedding), minilm.encode(TEXTS[0], precision="int8"))
+    r = pplx.embeddings.create(model="pplx-embed-v1-4b", input=TEXTS, encoding_format="base64_binary", dimensions=200)
+    got = np.stack([decode_bits(d.embedding) for d in r.data])
+    want = pack_bits_lsb(minilm.encode(TEXTS, precision="binary", dimensions=200))  # LSB-first, as contextual
+    assert got.shape == (len(TEXTS), 25)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_perplexity_client_contextualized(pplx, minilm):
+    r = pplx.contextualized_embeddings.create(model="pplx-embed-context-v1-0.6b", input=DOCS)
+    for doc, want in zip(r.data, minilm.encode_contextual(DOCS, precision="int8")):
+        np.testing.assert_array_equal(np.stack([decode_int8(c.embedding) for c in doc.data]), want)
+
+
+@pytest.mark.parametrize("body,kind", [
+    ({"input": TEXTS}, "float"),  # no model, no format: OpenAI's default
+    ({"input": TEXTS, "model": "text-embedding-3-small"}, "float"),
+    ({"input": TEXTS, "model": "pplx-embed-v1-0.6b"}, "int8"),  # pplx model name: pplx's default
+    ({"input": TEXTS, "model": "pplx-embed-v1-0.6b", "encoding_format": "float"}, "float"),  # asked for wins
+    ({"input": TEXTS, "model": "m", "encoding_format": "base64_int8"}, "int8"),
+    ({"input": TEXTS, "encoding_format": "base64_binary"}, "binary"),
+])
+def test_embeddings_default_format_follows_the_model_name(http, minilm, body, kind):
+    r = http.post("/v1/embeddings", json=body)
+    assert r.status_code == 200, r.text
+    values = [d["embedding"] for d in r.json()["data"]]
+    if kind == "float":
+        np.testing.assert_allclose(np.array(values, dtype=np.float32), minilm.encode(TEXTS, precision="float32"),
+                                   atol=1e-5)
+    elif kind == "int8":
+        np.testing.assert_array_equal(np.stack([decode_int8(v) for v in values]), minilm.encode(TEXTS, precision="int8"))
+    else:
+        np.testing.assert_array_equal(np.stack([decode_bits(v) for v in values]),
+                                      pack_bits_lsb(minilm.encode(TEXTS, precision="binary")))
+
+
 # ---------------------------------------------------------------------------- contextual route
 def test_contextual_int8_and_binary_match_encode_contextual(http, minilm):
     docs = [*DOCS, [long_text(150), long_text(140)]]  # 290 tokens: more than one model window
@@ -177,6 +250,13 @@ def test_health(http):
     r = http.get("/health")
     assert r.status_code == 200
     assert r.json() == {"status": "ok", "model": "all-MiniLM-L6-v2 (packaged)", "dim": 384}
+
+
+def test_head_health_for_load_balancer_probes(http):
+    r = http.head("/health")
+    assert r.status_code == 200 and r.content == b""
+    assert r.headers["content-type"] == "application/json"
+    assert http.head("/metrics").status_code == 405  # only /health answers HEAD
 
 
 def test_metrics_exposition(http):

@@ -46,6 +46,11 @@ def serve(
     max_documents: int = typer.Option(512, help="Most documents in one contextual request."),
     max_chunks: int = typer.Option(16000, help="Most chunks in one contextual request."),
     max_tokens_per_document: int = typer.Option(32768, help="Longest contextual document in tokens."),
+    keep_alive_timeout: float = typer.Option(5.0, help="Seconds a connection may sit idle, before its first "
+                                             "request or between requests, or take to send a request's line and "
+                                             "headers; then it is closed."),
+    body_timeout: float = typer.Option(60.0, help="Seconds a request body may take to arrive in full (more: 408, "
+                                       "connection closed)."),
     served_model_name: str = typer.Option(None, help="Model name reported in responses (default: the model's)."),
     log_level: str = typer.Option("info", help="uvicorn log level: critical, error, warning, info, debug."),
 ) -> None:
@@ -62,13 +67,18 @@ def serve(
         host=host, port=port, max_inputs_per_request=max_inputs, max_tokens_per_input=max_tokens_per_input,
         max_body_bytes=max_body_bytes, max_documents=max_documents, max_chunks=max_chunks,
         max_tokens_per_document=max_tokens_per_document, batch_wait_ms=batch_wait_ms, batch_tokens=batch_tokens, call_tokens=call_tokens,
-        api_key=api_key, model_name=served_model_name,
+        api_key=api_key, model_name=served_model_name, keep_alive_timeout_s=keep_alive_timeout,
+        body_timeout_s=body_timeout,
     )
+    for flag, value in (("--keep-alive-timeout", keep_alive_timeout), ("--body-timeout", body_timeout)):
+        if not 0 < value <= 3600:  # fail before loading a model (resolve() checks it again)
+            raise InputError(f"{flag} must be above 0 and at most 3600 seconds, got {value:g}")
 
     import uvicorn
 
     from diffembed import Embedder
     from diffembed.serve.app import create_app
+    from diffembed.serve.protocol import JsonErrorH11Protocol
 
     if index is not None and model is None:  # serve the model the index was built with
         from diffembed.index import IndexStore
@@ -91,7 +101,9 @@ def serve(
         highlight=False, soft_wrap=True,
     )
     try:
-        uvicorn.run(app, host=host, port=port, workers=1, log_level=log_level)
+        # The protocol class answers malformed HTTP with a JSON 400 and bounds idle connections.
+        uvicorn.run(app, host=host, port=port, workers=1, log_level=log_level, http=JsonErrorH11Protocol,
+                    timeout_keep_alive=resolved.keep_alive_timeout_s)
     finally:
         if searcher is not None and hasattr(searcher, "close"):
             searcher.close()

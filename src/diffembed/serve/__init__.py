@@ -1,21 +1,27 @@
 """HTTP embedding server: ``create_app(embedder, settings, searcher=None)`` or ``diffembed serve``.
 
-Routes: ``POST /v1/embeddings`` (OpenAI), ``POST /v1/contextualizedembeddings`` (pplx),
-``POST /embed`` (TEI), ``POST /search`` (with an index), ``GET /health``, ``GET /metrics``
+Routes: ``POST /v1/embeddings`` (OpenAI and pplx), ``POST /v1/contextualizedembeddings`` (pplx),
+``POST /embed`` (TEI), ``POST /search`` (with an index), ``GET``/``HEAD /health``, ``GET /metrics``
 (Prometheus), plus FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json``.
 
-Every error is JSON: ``{"error": {"message", "type", "code"}}``. Status codes:
+Every error is JSON: ``{"error": {"message", "type", "code"}}``, including a request that is not
+valid HTTP, which never reaches the app: ``serve.protocol.JsonErrorH11Protocol`` (the uvicorn
+protocol ``diffembed serve`` runs) answers it with code ``malformed_http``. It also closes a
+connection that sits idle, or takes to send a request line and headers, longer than
+``keep_alive_timeout_s``, without an answer (there is no request to answer). Status codes:
 
 =====  ==========================================================================================
-400    Anything wrong with the request's content: invalid JSON, wrong types (validation is
-       strict: "8" is not 8, true is not 1), empty or whitespace-only strings, token-id arrays,
+400    Malformed HTTP (request line, headers, Content-Length; the connection is closed). Anything
+       wrong with the request's content: invalid JSON, wrong types (validation is strict: "8" is
+       not 8, true is not 1), empty or whitespace-only strings, token-id arrays,
        bad ``dimensions``, unknown ``prompt_name``, an input longer than ``max_tokens_per_input``
        (the message names the input and its token count; only TEI ``truncate: true`` cuts
        instead), a document over ``max_tokens_per_document``, a searcher's ``DiffembedError``.
-401    API key missing or wrong (when the server has one): every route but ``GET /health``,
+401    API key missing or wrong (when the server has one): every route but ``GET``/``HEAD /health``,
        including the docs, the OpenAPI document and unknown paths.
 404    Unknown route; ``/search`` without an index (code ``no_index``).
 405    Known route, wrong method.
+408    The request body did not arrive in full within ``body_timeout_s`` (the connection is closed).
 413    Too large: body over ``max_body_bytes`` (Content-Length or counted while streaming), more
        than ``max_inputs_per_request`` inputs, ``max_documents`` documents or ``max_chunks``
        chunks.

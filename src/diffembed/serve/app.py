@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from diffembed.errors import DiffembedError
 from diffembed.inference.quantize import finalize
 from diffembed.serve.batcher import Batcher, BatcherClosed
-from diffembed.serve.encoding import b64_binary_lsb, b64_float32, b64_int8
+from diffembed.serve.encoding import encode_pooled
 from diffembed.serve.errors import ApiError, install_error_handlers
 from diffembed.serve.inputs import RequestTokenizer
 from diffembed.serve.metrics import ServeMetrics
@@ -99,16 +99,15 @@ def create_app(embedder, settings: ServeSettings | None = None, searcher=None) -
     # ------------------------------------------------------------------ routes
     @app.post("/v1/embeddings", response_model=None, responses={200: {"model": EmbeddingsResponse}, **_ERRORS})
     async def embeddings(req: EmbeddingsRequest) -> JSONResponse:
-        """OpenAI-compatible. Inputs longer than the limit are refused, never cut."""
+        """OpenAI- and pplx-compatible. Inputs longer than the limit are refused, never cut."""
         texts = [req.input] if isinstance(req.input, str) else list(req.input)
         check_dimensions(req.dimensions)
         pooled, n_tokens = await pooled_texts(texts, prompt_name=req.prompt_name, truncate=False, what="input")
-        vectors = finalize(pooled, "float32", req.dimensions, True)
-        encode = b64_float32 if req.encoding_format == "base64" else (lambda v: v.tolist())
-        count("/v1/embeddings", len(vectors), n_tokens)
+        encoded = encode_pooled(pooled, req.output_format(), req.dimensions)
+        count("/v1/embeddings", len(encoded), n_tokens)
         return JSONResponse({
             "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+            "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)],
             "model": req.model or settings.model_name,
             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
         })
@@ -124,10 +123,7 @@ def create_app(embedder, settings: ServeSettings | None = None, searcher=None) -
         prepared = await run_in_threadpool(tokens.prepare_documents, docs,
                                            max_tokens=settings.max_tokens_per_document, what="input")
         pooled = await wait(lambda: batcher.embed_documents(docs, prepared.lengths))
-        if req.encoding_format == "base64_binary":
-            encoded = [[b64_binary_lsb(v) for v in finalize(p, "binary", req.dimensions, True)] for p in pooled]
-        else:
-            encoded = [[b64_int8(v) for v in finalize(p, "int8", req.dimensions, True)] for p in pooled]
+        encoded = [encode_pooled(p, req.encoding_format, req.dimensions) for p in pooled]
         count("/v1/contextualizedembeddings", sum(len(e) for e in encoded), prepared.tokens)
         return JSONResponse({
             "object": "list",
@@ -166,12 +162,15 @@ def create_app(embedder, settings: ServeSettings | None = None, searcher=None) -
     async def health() -> dict:
         return {"status": "ok", "model": settings.model_name, "dim": embedder.dim}
 
+    # Load balancers often probe with HEAD: same answer, no body (uvicorn drops it for HEAD).
+    app.head("/health", include_in_schema=False)(health)
+
     @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
     _tidy_openapi(app, protected=settings.api_key is not None)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     if settings.api_key:
         app.add_middleware(AuthMiddleware, api_key=settings.api_key)
     routes = frozenset(getattr(r, "path", "") for r in app.routes)

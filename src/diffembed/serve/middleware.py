@@ -3,6 +3,7 @@ answer before FastAPI reads or parses anything."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 
@@ -37,10 +38,13 @@ class MetricsMiddleware:
 
 
 class AuthMiddleware:
-    """Bearer-key check on every path except ``GET /health`` (load balancers probe it without
-    secrets). Docs and the OpenAPI document are protected like any other route."""
+    """Bearer-key check on every path except ``GET`` and ``HEAD /health`` (load balancers probe it
+    without secrets, often with HEAD). Docs and the OpenAPI document are protected like any other
+    route."""
 
-    def __init__(self, app, api_key: str, open_routes: frozenset[tuple[str, str]] = frozenset({("GET", "/health")})):
+    OPEN = frozenset({("GET", "/health"), ("HEAD", "/health")})
+
+    def __init__(self, app, api_key: str, open_routes: frozenset[tuple[str, str]] = OPEN):
         self.app, self.key, self.open = app, api_key.encode("utf-8"), open_routes
 
     async def __call__(self, scope, receive, send):
@@ -58,10 +62,14 @@ class AuthMiddleware:
 class BodyLimitMiddleware:
     """Refuse bodies over ``limit`` bytes with 413: at once when Content-Length says so, else while
     counting the bytes as they stream in (chunked uploads have no Content-Length). The body is
-    buffered here and replayed to the app, which parses all of it anyway."""
+    buffered here and replayed to the app, which parses all of it anyway.
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    The whole body must arrive within ``timeout_s`` of its request head, or the answer is 408 and
+    the connection is closed: one deadline, not one per chunk, so a client dripping a byte at a
+    time cannot hold a connection open (uvicorn has no body timeout of its own)."""
+
+    def __init__(self, app, limit: int, timeout_s: float = 60.0):
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -76,8 +84,12 @@ class BodyLimitMiddleware:
             if size > self.limit:
                 return await self._too_large(scope, receive, send, size)
         chunks, total = [], 0
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except asyncio.TimeoutError:
+                return await self._too_slow(scope, receive, send, total)
             if message["type"] != "http.request":  # the client went away
                 return
             body = message.get("body", b"")
@@ -97,6 +109,12 @@ class BodyLimitMiddleware:
             return await receive()
 
         return await self.app(scope, replay, send)
+
+    async def _too_slow(self, scope, receive, send, received: int):
+        response = error_response(408, f"the request body did not arrive within {self.timeout_s:g} s "
+                                  f"({received} bytes received)", "request_timeout",
+                                  headers={"Connection": "close"})
+        await response(scope, receive, send)
 
     async def _too_large(self, scope, receive, send, size: int | None):
         got = f"{size} bytes" if size is not None else f"more than {self.limit} bytes"

@@ -50,13 +50,21 @@ def _refuse_blank(value: Any, what: str) -> None:
                                           f"{what}[{i}] is an empty string; empty inputs are not allowed")
 
 
+PPLX_MODEL_PREFIX = "pplx-"
+
+
 class EmbeddingsRequest(BaseModel):
-    """OpenAI ``POST /v1/embeddings``. Token-id arrays are refused: they are OpenAI tokenizer ids."""
+    """OpenAI and pplx ``POST /v1/embeddings``. Token-id arrays are refused: they are OpenAI
+    tokenizer ids. Both APIs share the path but not the formats, and their default formats differ
+    (OpenAI: float, pplx: int8); ``output_format`` resolves the default from the model name."""
 
     model_config = _LENIENT
     input: Text | Texts
     model: StrictStr | None = None
-    encoding_format: Literal["float", "base64"] = "float"
+    encoding_format: Literal["float", "base64", "base64_int8", "base64_binary"] | None = Field(
+        None, description="float or base64 (little-endian float32), as OpenAI; base64_int8 or base64_binary "
+        "(sign bits packed LSB-first), as pplx. Default: base64_int8 when `model` starts with 'pplx-' "
+        "(what the pplx API and its SDK expect), else float.")
     dimensions: Dimensions | None = None
     user: StrictStr | None = None
     prompt_name: StrictStr | None = Field(None, description="One of the model's prompts (extension).")
@@ -72,11 +80,17 @@ class EmbeddingsRequest(BaseModel):
         _refuse_blank(value, "input")
         return data
 
+    def output_format(self) -> str:
+        if self.encoding_format is not None:
+            return self.encoding_format
+        return "base64_int8" if (self.model or "").startswith(PPLX_MODEL_PREFIX) else "float"
+
 
 class EmbeddingItem(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float] | str = Field(description="Floats, or base64 of little-endian float32.")
+    embedding: list[float] | str = Field(
+        description="Floats, or base64 of little-endian float32, signed int8 or LSB-first packed sign bits.")
 
 
 class Usage(BaseModel):

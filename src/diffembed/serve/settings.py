@@ -37,6 +37,9 @@ class ServeSettings:
     call_tokens: int | None = None  # one merged model call (default: 8 x batch_tokens)
     api_key: str | None = None
     model_name: str | None = None
+    # Slow or idle clients hold a connection (and a file descriptor) each: both waits are bounded.
+    keep_alive_timeout_s: float = 5.0  # idle connection, and the wait for a complete request head
+    body_timeout_s: float = 60.0  # the whole request body, from the end of its head (then 408)
 
     def resolve(self, embedder) -> ServeSettings:
         """Fill the model-dependent defaults and refuse limits that cannot work."""
@@ -58,6 +61,10 @@ class ServeSettings:
             raise InputError(
                 f"max_tokens_per_input={out.max_tokens_per_input} exceeds the model window ({window} tokens)"
             )
+        for name in ("keep_alive_timeout_s", "body_timeout_s"):
+            value = getattr(out, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
+                raise InputError(f"{name} must be within 0..3600 seconds (above 0), got {value!r}")
         if not 0 <= out.batch_wait_ms <= 1000:
             raise InputError(f"batch_wait_ms must be within 0..1000, got {out.batch_wait_ms}")
         return out
