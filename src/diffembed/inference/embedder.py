@@ -21,7 +21,7 @@ from diffembed.inference.chunking import split_chunks
 from diffembed.inference.late_chunking import DocumentPlan, make_windows, plan_from_chunks, plan_from_spans
 from diffembed.inference.pooling import accumulate_spans, pool
 from diffembed.inference.quantize import check_dimensions, check_precision, empty_output, finalize
-from diffembed.inference.tokens import special_template, tokenize_bare, tokenize_with_offsets
+from diffembed.inference.tokens import special_template, tokenize_bare, tokenize_heads, tokenize_with_offsets
 from diffembed.inference.validation import check_documents, check_texts
 from diffembed.modeling.loader import LoadedModel, load_model
 
@@ -237,13 +237,19 @@ class Embedder:
                truncate: bool = True, show_progress: bool | None = None) -> torch.Tensor:
         """Pooled float32 vectors (n, dim) in input order, before truncation or quantization."""
         cap = self.window_capacity
-        ids = tokenize_bare(self.tokenizer, [prompt + t for t in items] if prompt else items)
-        for i, x in enumerate(ids):
-            if not x:
+        # Only as much of each text is tokenized as the window can keep (see tokenize_heads).
+        heads = tokenize_heads(self.tokenizer, [prompt + t for t in items] if prompt else items, cap)
+        for i, h in enumerate(heads):
+            if not h.ids:
                 raise InputError(f"input[{i}] produced no tokens")
-            if len(x) > cap and not truncate:
-                raise InputError(f"input[{i}] has {len(x)} tokens; the model takes at most {cap} (truncate=False)")
-        seqs = [self.template.wrap(x[:cap]) for x in ids]
+            if not truncate and h.over(cap):
+                raise InputError(f"input[{i}] has {h.count_text(cap)} tokens; the model takes at most {cap} "
+                                 "(truncate=False)")
+            if not truncate and h.capped(cap):
+                raise InputError(f"input[{i}] is longer than {h.chars} characters, the most read for a {cap}-token "
+                                 "window (truncate=False)")
+        seqs = [self.template.wrap(h.ids[:cap]) for h in heads]
+        del heads
         skip = len(tokenize_bare(self.tokenizer, [prompt])[0]) if prompt and not self.loaded.spec.include_prompt else 0
         out = torch.empty(len(seqs), self.dim, dtype=torch.float32)
         batches = token_budget_batches([len(s) for s in seqs], self._budget(batch_tokens))

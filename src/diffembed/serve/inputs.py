@@ -11,7 +11,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from diffembed.inference.tokens import tokenize_bare
+from diffembed.inference.tokens import Head, tokenize_bare, tokenize_heads
 from diffembed.serve.errors import ApiError
 
 
@@ -48,16 +48,26 @@ class RequestTokenizer:
         with self._lock:
             return [len(x) for x in tokenize_bare(self._tok, list(texts))]
 
-    def cut(self, text: str, limit: int) -> str:
-        """The longest prefix of ``text`` (at a token boundary) with at most ``limit`` tokens."""
-        if not getattr(self._tok, "is_fast", False):
+    def heads(self, texts: Sequence[str], limit: int, *, offsets: bool) -> list[Head]:
+        """Each text's first tokens, tokenizing only a bounded prefix of a long text."""
+        with self._lock:
+            return tokenize_heads(self._tok, list(texts), limit, offsets=offsets)
+
+    def cut(self, text: str, head: Head, limit: int) -> str:
+        """The longest prefix of ``text`` (at a token boundary) with at most ``limit`` tokens.
+
+        ``head`` holds the offsets of the text's first tokens; only the cut prefix, at most
+        ``limit`` tokens long, is ever tokenized again.
+        """
+        if head.offsets is None:
             raise ApiError(400, "truncation below the model window needs a fast tokenizer", "unsupported")
+        offsets = head.offsets
         for _ in range(4):  # re-tokenising a prefix can merge differently; tighten until it fits
-            with self._lock:
-                offsets = self._tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
             if len(offsets) <= limit:
                 return text
             text = text[: offsets[limit - 1][1]]
+            with self._lock:
+                offsets = self._tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         return text
 
     def prepare_texts(self, texts: list[str], *, prompt: str | None, limit: int, truncate: bool,
@@ -66,22 +76,28 @@ class RequestTokenizer:
             if not t.strip():
                 raise ApiError(400, f"{what}[{i}] is an empty string; empty inputs are not allowed", "empty_input")
         full = [prompt + t for t in texts] if prompt else list(texts)
-        counts = self.counts(full)
+        # Below the window a cut needs offsets; at the window the model cuts as Embedder.encode does.
+        below = limit < self.window
+        heads = self.heads(full, limit, offsets=below and truncate and getattr(self._tok, "is_fast", False))
         out, used = list(texts), []
-        for i, n in enumerate(counts):
+        for i, head in enumerate(heads):
+            n = len(head.ids)
             if n == 0:
                 raise ApiError(400, f"{what}[{i}] produced no tokens", "empty_input")
-            if n > limit:
-                if not truncate:
-                    raise ApiError(400, f"{what}[{i}] has {n} tokens; this server takes at most {limit} tokens "
-                                        "per input", "input_too_long")
-                if limit < self.window:  # at the window the model cuts exactly as Embedder.encode does
-                    cut = self.cut(full[i], limit)
-                    if prompt and len(cut) <= len(prompt):
-                        raise ApiError(400, f"the prompt alone fills the {limit}-token limit", "input_too_long")
-                    out[i] = cut[len(prompt):] if prompt else cut
-                n = limit
-            used.append(n)
+            too_long = head.over(limit) or head.capped(limit)
+            if too_long and not truncate:
+                if head.over(limit):
+                    message = f"{what}[{i}] has {head.count_text(limit)} tokens"
+                else:
+                    message = f"{what}[{i}] is longer than {head.chars} characters"
+                raise ApiError(400, f"{message}; this server takes at most {limit} tokens per input", "input_too_long")
+            if too_long and (below or head.capped(limit)):
+                # A capped text is what its first characters hold; otherwise cut at a token boundary.
+                cut = full[i][: head.chars] if head.capped(limit) else self.cut(full[i], head, limit)
+                if prompt and len(cut) <= len(prompt):
+                    raise ApiError(400, f"the prompt alone fills the {limit}-token limit", "input_too_long")
+                out[i] = cut[len(prompt):] if prompt else cut
+            used.append(min(n, limit))
         return PreparedTexts(out, [n + self.n_special for n in used], sum(used))
 
     def prepare_documents(self, documents: list[list[str]], *, max_tokens: int, what: str) -> PreparedDocuments:
