@@ -76,3 +76,102 @@ def test_architecture_without_sdpa_falls_back_to_its_default_kernel(tmp_path):
     loaded = load_model(str(tmp_path))  # sdpa requested by default; MPNet only has eager
     assert type(loaded.model).__name__ == "MPNetModel"
     assert loaded.model.config._attn_implementation == "eager"
+
+
+# ---------------------------------------------------------------------------- pickle weights (F8)
+def _pickle_only_copy(src, dst, extra_object: bool):
+    """A copy of a saved model whose safetensors are replaced by torch pickles (pytorch_model.bin)."""
+    import argparse
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    shutil.copytree(src, dst)
+    state = load_file(dst / "model.safetensors")
+    if extra_object:  # an object torch's weights_only unpickler refuses: the case that printed its advice
+        state["_meta"] = argparse.Namespace(note="not a tensor")
+    torch.save(state, dst / "pytorch_model.bin")
+    (dst / "model.safetensors").unlink()
+    return dst
+
+
+@pytest.mark.parametrize("extra_object", [False, True], ids=["tensors-only", "with-object"])
+def test_pickle_only_model_is_refused_in_one_line(tiny_dir, tmp_path, monkeypatch, capsys, extra_object):
+    """Even a pickle of plain tensors (which torch's weights_only mode would load) is never read."""
+    from cli_helpers import assert_clean_error, run_cli
+
+    folder = _pickle_only_copy(tiny_dir("bert"), tmp_path / "pickled", extra_object)
+    (tmp_path / "texts.txt").write_text("some text\n")
+    out = tmp_path / "out.npy"
+    for args in (["info", folder], ["encode", tmp_path / "texts.txt", "-o", out, "--model", folder]):
+        code, _out, err = run_cli(args, monkeypatch, capsys)
+        line = assert_clean_error(code, err, "only pickle weights (pytorch_model.bin)", "safetensors only",
+                                  "can run code")
+        assert "weights_only" not in line
+    assert not out.exists()
+
+
+def test_folder_without_any_weights(tiny_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny_dir("bert"), tmp_path / "empty")
+    (tmp_path / "empty" / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match=r"has no weights: no \*\.safetensors"):
+        load_model(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------------------- modules.json (F10)
+def _st_folder(tiny_dir, tmp_path, modules: list[dict], pooling: dict | None = None):
+    """The tiny BERT as a sentence-transformers folder with the given modules.json."""
+    import shutil
+
+    folder = tmp_path / "st"
+    shutil.copytree(tiny_dir("bert"), folder)
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling or {
+        "word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
+    return folder
+
+
+ST = "sentence_transformers.models."
+BASE_MODULES = [{"idx": 0, "name": "0", "path": "", "type": ST + "Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": ST + "Pooling"}]
+
+
+def test_known_modules_load(tiny_dir, tmp_path):
+    folder = _st_folder(tiny_dir, tmp_path, [*BASE_MODULES, {"idx": 2, "name": "2", "path": "2_Normalize",
+                                                             "type": ST + "Normalize"}])
+    spec = read_model_spec(folder)
+    assert spec.layout == "sentence-transformers" and spec.pooling == "mean"
+
+
+@pytest.mark.parametrize("module_type", [ST + "Dense", ST + "LayerNorm", "my_package.CustomHead"])
+def test_unknown_module_is_refused_by_name(tiny_dir, tmp_path, monkeypatch, capsys, module_type):
+    from cli_helpers import assert_clean_error, run_cli
+
+    folder = _st_folder(tiny_dir, tmp_path, [*BASE_MODULES, {"idx": 2, "name": "2", "path": "2_Dense",
+                                                             "type": module_type}])
+    with pytest.raises(ModelLoadError, match=rf"module 2 is {module_type}, which diffembed does not implement"):
+        read_model_spec(folder)
+    code, _out, err = run_cli(["info", folder], monkeypatch, capsys)
+    assert_clean_error(code, err, module_type, "does not implement")
+
+
+@pytest.mark.parametrize("pooling,needle", [
+    ({"pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": True}, "asks for max pooling"),
+    ({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True}, r"asks for cls \+ mean pooling"),
+    ({"pooling_mode_mean_tokens": False}, "asks for none pooling"),
+])
+def test_pooling_diffembed_cannot_reproduce_is_refused(tiny_dir, tmp_path, pooling, needle):
+    folder = _st_folder(tiny_dir, tmp_path, BASE_MODULES, pooling={"word_embedding_dimension": 32, **pooling})
+    with pytest.raises(ModelLoadError, match=needle):
+        read_model_spec(folder)
+
+
+def test_pooling_module_without_its_config_is_refused(tiny_dir, tmp_path):
+    folder = _st_folder(tiny_dir, tmp_path, BASE_MODULES)
+    (folder / "1_Pooling" / "config.json").unlink()
+    with pytest.raises(ModelLoadError, match="Pooling module without"):
+        read_model_spec(folder)

@@ -3,7 +3,8 @@
 Three layouts are understood:
 
 * ``sentence-transformers``: ``modules.json`` naming a Transformer module, a Pooling module (its
-  ``config.json`` picks mean / cls / last-token) and optionally Normalize;
+  ``config.json`` picks mean / cls / last-token) and optionally Normalize. Any other module (Dense,
+  LayerNorm, ...) or pooling mode is refused: skipping it would silently change the vectors;
 * ``pplx``: the released pplx-embed checkpoints. ``config.json`` has ``model_type:
   bidirectional_pplx_qwen3`` and an ``auto_map`` to remote code; ``modules.json`` adds an
   ``st_quantize`` module. The model is a stock Qwen3 with bidirectional attention, so it is loaded as
@@ -64,16 +65,30 @@ def _read_json(path: Path) -> Any:
         raise ModelLoadError(f"cannot read {path}: {exc}") from exc
 
 
-def _pooling_from_config(cfg: dict[str, Any]) -> str:
+# sentence-transformers Pooling flags. Several set at once means the outputs are concatenated.
+_POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
+                  "pooling_mode_lasttoken": "last", "pooling_mode_max_tokens": "max",
+                  "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len", "pooling_mode_weightedmean_tokens": "weightedmean"}
+
+
+def _pooling_from_config(cfg: dict[str, Any], where: Path) -> str:
     if cfg.get("pooling_mode") in POOLING_MODES:
         return cfg["pooling_mode"]
-    if cfg.get("pooling_mode_cls_token"):
-        return "cls"
-    if cfg.get("pooling_mode_lasttoken"):
-        return "last"
-    if cfg.get("pooling_mode_mean_tokens", True):
-        return "mean"
-    raise ModelLoadError(f"unsupported pooling configuration {cfg}; diffembed pools by mean, cls or last")
+    # An absent flag means sentence-transformers' default: mean on, the others off.
+    modes = [mode for flag, mode in _POOLING_FLAGS.items() if cfg.get(flag, flag == "pooling_mode_mean_tokens")]
+    if len(modes) == 1 and modes[0] in POOLING_MODES:
+        return modes[0]
+    got = " + ".join(modes) or "none"
+    raise ModelLoadError(f"{where} asks for {got} pooling; diffembed pools by exactly one of mean, cls or last")
+
+
+# modules.json entries diffembed implements, by class name: the backbone, its pooling, the final L2
+# normalisation (every float output is normalised anyway) and pplx's int8 quantizer (default int8).
+_KNOWN_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
+def _is_quantizer(module_type: str) -> bool:
+    return module_type.startswith("st_quantize") or "quantiz" in module_type.lower()
 
 
 def read_model_spec(path: str | Path) -> ModelSpec:
@@ -85,16 +100,30 @@ def read_model_spec(path: str | Path) -> ModelSpec:
     modules = _read_json(root / "modules.json") if (root / "modules.json").exists() else None
     transformer_dir = root
     pooling_cfg: dict[str, Any] | None = None
+    pooling_where = root
     has_quantizer = False
-    for module in modules or []:
-        mtype = str(module.get("type", ""))
-        mpath = root / module.get("path", "")
-        if mtype.endswith("Transformer"):
+    if modules is not None and not isinstance(modules, list):
+        raise ModelLoadError(f"{root / 'modules.json'} is not a list of modules")
+    for i, module in enumerate(modules or []):
+        mtype = str(module.get("type", "")) if isinstance(module, dict) else ""
+        mpath = root / (module.get("path", "") if isinstance(module, dict) else "")
+        kind = mtype.rsplit(".", 1)[-1]
+        if kind == "Transformer":
             transformer_dir = mpath
-        elif mtype.endswith("Pooling") and (mpath / "config.json").exists():
+        elif kind == "Pooling":
+            if not (mpath / "config.json").exists():
+                raise ModelLoadError(f"{root / 'modules.json'} names a Pooling module without {mpath / 'config.json'}")
             pooling_cfg = _read_json(mpath / "config.json")
-        elif mtype.startswith("st_quantize") or "quantiz" in mtype.lower():
+            pooling_where = mpath / "config.json"
+        elif kind == "Normalize":
+            pass
+        elif _is_quantizer(mtype):
             has_quantizer = True
+        else:
+            raise ModelLoadError(
+                f"{root / 'modules.json'} module {i} is {mtype or 'untyped'}, which diffembed does not implement "
+                f"(it runs {', '.join(_KNOWN_MODULES)} and pplx's st_quantize); skipping it would give vectors "
+                "other than the model's own")
 
     if not (transformer_dir / "config.json").exists():
         raise ModelLoadError(f"{root} has no config.json: not a transformers or sentence-transformers model folder")
@@ -108,7 +137,7 @@ def read_model_spec(path: str | Path) -> ModelSpec:
     spec = ModelSpec(path=transformer_dir, layout=layout, model_type=model_type, hf_model_type=hf_model_type, config=config)
 
     if pooling_cfg is not None:
-        spec.pooling = _pooling_from_config(pooling_cfg)
+        spec.pooling = _pooling_from_config(pooling_cfg, pooling_where)
         spec.include_prompt = bool(pooling_cfg.get("include_prompt", True))
     st_cfg_path = transformer_dir / "sentence_bert_config.json"
     if not st_cfg_path.exists():

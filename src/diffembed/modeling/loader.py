@@ -149,10 +149,31 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+# Weight files that are Python pickles: loading one can run code (torch's weights_only mode narrows
+# that, and has had bypasses), so only safetensors are ever read.
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def check_weight_files(spec: ModelSpec, name: str) -> None:
+    """Refuse a folder whose weights are pickles only, in one line that says why, before transformers
+    gets to print torch's advice to load it with ``weights_only=False``."""
+    folder = spec.path
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix in _PICKLE_SUFFIXES)
+    if pickles:
+        shown = ", ".join(pickles[:3]) + (f" and {len(pickles) - 3} more" if len(pickles) > 3 else "")
+        raise ModelLoadError(
+            f"{name} has only pickle weights ({shown}); diffembed loads safetensors only, because loading "
+            "a pickle can run code; convert it to safetensors (model.save_pretrained(folder) in a trusted "
+            "environment writes them)")
+    raise ModelLoadError(f"{name} has no weights: no *.safetensors file in {folder}")
+
+
 def _from_pretrained(spec: ModelSpec, config, dtype: torch.dtype, attn_implementation: str | None):
     """Load with the requested attention kernel; architectures without it (e.g. MPNet has no sdpa)
     fall back to their own default instead of failing."""
-    kwargs = dict(config=config, dtype=dtype, trust_remote_code=False)
+    kwargs = dict(config=config, dtype=dtype, trust_remote_code=False, use_safetensors=True)
     try:
         return AutoModel.from_pretrained(spec.path, attn_implementation=attn_implementation, **kwargs)
     except ValueError as exc:
@@ -188,6 +209,7 @@ def load_model(
             raise ModelLoadError(f"{spec.model_type} is an encoder; it cannot be made causal")
         bidi = True
 
+    check_weight_files(spec, name)
     tokenizer = load_tokenizer(spec.path)
     quiet_transformers()
     try:
