@@ -250,16 +250,6 @@ def test_bad_inputs_are_refused_with_clear_errors(local_ray, tiny, tmp_path):
         embed_dataset(ds, model=model, mode="document", prompt="query: ")
 
 
-def test_move_into_place_replaces_only_after_success(tmp_path):
-    out, new = tmp_path / "out", tmp_path / ".out.tmp-1"
-    out.mkdir()
-    (out / "old").write_text("old")
-    new.mkdir()
-    (new / "new").write_text("new")
-    bulk._move_into_place(new, out)
-    assert [p.name for p in out.iterdir()] == ["new"] and leftovers(tmp_path) == []
-
-
 def test_missing_ray_gives_an_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(InputError, match=r"pip install 'diffembed\[ray\]'"):

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import uuid
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from diffembed import errors
+from diffembed.atomic import building_dir
 from diffembed.errors import DataFileError, DiffembedError, InputError
 from diffembed.inference.quantize import check_precision
 
@@ -418,7 +417,7 @@ def embed_to_parquet(inputs, output_dir: str | os.PathLike, *, input_format: str
 
     The files go to a hidden sibling folder that is renamed to ``output_dir`` only once every file is
     written, so a failed or killed run never leaves a partial folder under the final name (a killed
-    one can leave ``.NAME.tmp-*``). On a multi-node cluster the output must be on storage all nodes
+    one can leave ``.NAME.*.tmp``). On a multi-node cluster the output must be on storage all nodes
     share, since every node writes its own part. Returns rows written, files and embedding type.
     """
     require_ray()
@@ -435,17 +434,15 @@ def embed_to_parquet(inputs, output_dir: str | os.PathLike, *, input_format: str
         if fmt != "txt":
             _schema(ds, files)  # fetched once and kept by the dataset: embed_dataset checks columns before any model loads
         embedded = embed_dataset(ds, **embed_kwargs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
     try:
-        with user_errors():
-            embedded.write_parquet(str(tmp))
-        summary = _describe_output(tmp)
-        if summary["rows"] == 0:
-            raise DataFileError("the input holds no records")
-        _move_into_place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with building_dir(out) as tmp:
+            with user_errors():
+                embedded.write_parquet(str(tmp))
+            summary = _describe_output(tmp)
+            if summary["rows"] == 0:
+                raise DataFileError("the input holds no records")
+    except OSError as exc:
+        raise DataFileError(f"cannot move the output into {out}: {exc}") from exc
     return {**summary, "output": str(out), "input_files": len(files), "input_format": fmt}
 
 
@@ -476,19 +473,3 @@ def _describe_output(folder: Path) -> dict:
         field = pq.read_schema(parts[0]).field("embedding").type
         result.update(dim=field.list_size, dtype=np.dtype(field.value_type.to_pandas_dtype()).name)
     return result
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is set aside first and removed only afterwards."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}"
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except OSError as exc:
-        if old is not None:
-            os.replace(old, out)
-        raise DataFileError(f"cannot move the output into {out}: {exc}") from exc
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

