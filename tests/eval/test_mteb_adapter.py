@@ -21,6 +21,7 @@ import pytest  # noqa: E402
 
 mteb = pytest.importorskip("mteb")
 
+from diffembed import Embedder  # noqa: E402
 from diffembed.errors import InputError  # noqa: E402
 from diffembed.eval.datasets import write_contextual_dataset, write_retrieval_dataset  # noqa: E402
 from diffembed.eval.mteb_adapter import DiffembedMTEBEncoder, local_retrieval_task  # noqa: E402
@@ -104,7 +105,7 @@ def test_mteb_ndcg_matches_diffembed(minilm, beir, precision):
     task_result = run_mteb(DiffembedMTEBEncoder(minilm, precision=precision), task)
     scores = task_result.scores["test"][0]
     ndcg = scores["ndcg_at_10"]
-    assert isinstance(ndcg, float) and 0.0 <= ndcg <= 1.0
+    assert isinstance(ndcg, float)
     assert task_result.get_score() == pytest.approx(ndcg)  # the task's main score is nDCG@10
     assert 0.5 < ndcg < 1.0, f"MiniLM should find most, not all, of these matches (nDCG@10={ndcg})"
     assert ndcg == pytest.approx(own_ndcg10(minilm, precision), abs=1e-4)
@@ -132,7 +133,8 @@ def test_model_path_is_loaded(tiny_dir, beir):
     model = DiffembedMTEBEncoder(tiny_dir("bert"), device="cpu", show_progress=False)
     assert model.mteb_model_meta.name == "diffembed/bert"  # a folder is named by its last component
     ndcg = run_mteb(model, local_retrieval_task(beir)).get_score()
-    assert 0.0 <= ndcg <= 1.0  # a random tiny model: only the plumbing is checked
+    # a random tiny model: its score is whatever its vectors give, and mteb must score those vectors
+    assert ndcg == pytest.approx(own_ndcg10(Embedder(tiny_dir("bert"), device="cpu")), abs=1e-4)
 
 
 class RecordingEmbedder:

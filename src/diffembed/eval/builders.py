@@ -1,4 +1,4 @@
-"""Build evaluation datasets (DESIGN.md section 3 formats) from SQuAD-style QA files.
+"""Build evaluation datasets (the formats of README.md, Evaluation) from SQuAD-style QA files.
 
 SQuAD v1.1 and KorQuAD v1.0 say which paragraph answers each question and where in it the answer
 starts, so they give labelled retrieval sets with no extra annotation:

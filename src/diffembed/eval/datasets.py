@@ -1,4 +1,4 @@
-"""Evaluation datasets on disk (DESIGN.md section 3), read with checks and written atomically.
+"""Evaluation datasets on disk (README.md, Evaluation: Formats), read with checks and written atomically.
 
 retrieval (BEIR):  corpus.jsonl (_id, title, text), queries.jsonl (_id, text), qrels/<split>.tsv
 contextual (ConTEB-like): documents.jsonl (_id, title, chunks), queries.jsonl, qrels/<split>.tsv whose
