@@ -24,17 +24,39 @@ def build_tiny_lm(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def _sentences(rng: random.Random) -> list[str]:
+    vocab = WORDS[:60]
+    return [" ".join(rng.choice(vocab) for _ in range(rng.randint(5, 9))) + " ." for _ in range(12)]
+
+
+def _write_docs(folder: Path, n_docs: int, sentences: list[str], rng: random.Random) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        (folder / f"doc{i:02d}.txt").write_text(" ".join(rng.choice(sentences) for _ in range(rng.randint(4, 24))),
+                                                encoding="utf-8")
+
+
 def write_corpus(root: Path, n_docs: int = 40, seed: int = 0) -> Path:
     """Documents made of a dozen fixed sentences in random order: enough rows for several epochs and
     a held-out split, and learnable (a masked word is predictable from its sentence)."""
-    root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    vocab = WORDS[:60]
-    sentences = [" ".join(rng.choice(vocab) for _ in range(rng.randint(5, 9))) + " ." for _ in range(12)]
-    for i in range(n_docs):
-        (root / f"doc{i:02d}.txt").write_text(" ".join(rng.choice(sentences) for _ in range(rng.randint(4, 24))),
-                                              encoding="utf-8")
+    _write_docs(root, n_docs, _sentences(rng), rng)
     return root
+
+
+def write_train_eval_corpus(root: Path, n_train: int = 40, n_eval: int = 10, seed: int = 0) -> tuple[Path, Path]:
+    """(train folder, eval folder) of documents over the same dozen sentences.
+
+    For tests that compare losses: `data.heldout_fraction` splits by a hash of each file's absolute
+    path, so with a pytest tmp folder (pytest-N/corpusK/) the train/held-out split, and with it the
+    loss curve, changes from run to run and with test order. A separate `data.eval` folder and
+    `heldout_fraction: 0` make the run depend on nothing but file names and seeds.
+    """
+    rng = random.Random(seed)
+    sentences = _sentences(rng)
+    _write_docs(root / "train", n_train, sentences, rng)
+    _write_docs(root / "eval", n_eval, sentences, rng)
+    return root / "train", root / "eval"
 
 
 def recipe(tiny_lm: Path, corpus: Path, out: Path, **overrides) -> dict:

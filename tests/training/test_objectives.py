@@ -105,9 +105,14 @@ def test_masked_positions_see_later_tokens_in_a_bidirectional_decoder():
 
 
 def test_a_tiny_model_learns_to_unmask():
-    """The diffusion loss trains: a few hundred steps on a repeating pattern drive masked accuracy up."""
+    """The diffusion loss trains: a few hundred steps on a repeating pattern drive masked accuracy up.
+
+    Bars with room: over 24 seeds (model init and data) 300 steps gave a last-20 / first-20 loss ratio
+    of 0.09-0.24 (bar 0.5) and masked accuracy 0.70-0.87 (bar 0.5; chance is 1/8). The earlier 150
+    steps with an accuracy bar of 0.8 passed for seed 0 only (0.83) and failed for 9 of 10 others."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
+    torch.set_num_threads(1)  # tiny matrices: one thread is fastest (conftest restores the count)
     torch.manual_seed(0)
     cfg = set_bidirectional(Qwen3Config(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                         num_attention_heads=4, num_key_value_heads=2, head_dim=8,
@@ -122,7 +127,7 @@ def test_a_tiny_model_learns_to_unmask():
         attn = torch.ones_like(ids)
         return ids, attn
     losses, accs = [], []
-    for step in range(150):
+    for step in range(300):
         ids, attn = make()
         mb = diffusion_mask(ids, attn.bool(), 3, generator=g)
         logits = model(input_ids=mb.input_ids, attention_mask=attn).logits
@@ -134,4 +139,4 @@ def test_a_tiny_model_learns_to_unmask():
         c, n = masked_accuracy(logits.detach(), mb)
         accs.append(c / max(n, 1))
     assert sum(losses[-20:]) / 20 < 0.5 * sum(losses[:20]) / 20
-    assert sum(accs[-20:]) / 20 > 0.8 and math.isfinite(losses[-1])
+    assert sum(accs[-20:]) / 20 > 0.5 and math.isfinite(losses[-1])
