@@ -100,6 +100,31 @@ def test_kept_tokens_equal_full_tokenization_then_cut(tokenizers_by_kind, kind, 
             assert head.ids == full
 
 
+class _NoOffsets:
+    """A tokenizer without character offsets, as a slow (Python) tokenizer is."""
+
+    is_fast = False
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def __call__(self, texts, **kwargs):
+        assert not kwargs.get("return_offsets_mapping")
+        return self.tok(texts, **kwargs)
+
+
+def test_without_offsets_the_dropped_tokens_are_the_margin(minilm):
+    tok, limit = minilm.tokenizer, 254
+    texts = edge_texts()
+    heads = tokenize_heads(_NoOffsets(tok), list(texts.values()), limit)
+    for (name, text), head in zip(texts.items(), heads):
+        full = tok(text, add_special_tokens=False)["input_ids"]
+        assert head.ids[:limit] == full[:limit] and head.over(limit) == (len(full) > limit), name
+        assert head.chars <= head_char_cap(limit)
+    with pytest.raises(InputError, match="offsets need a fast"):
+        tokenize_heads(_NoOffsets(tok), ["x"], limit, offsets=True)
+
+
 def test_a_long_whitespace_run_before_the_words_is_read_through(minilm):
     """WordPiece drops whitespace, so the window's words may start far into the text: the prefix
     grows until they are found, and the result equals full tokenization."""

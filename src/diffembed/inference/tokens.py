@@ -81,12 +81,12 @@ def tokenize_with_offsets(tokenizer: PreTrainedTokenizerBase, text: str) -> tupl
 #   ``BOUNDARY_CHARS`` characters before the cut. Tokenizers act locally (a pre-tokenizer splits
 #   words; BPE, WordPiece and Unigram work within a word), so a cut that far away cannot change
 #   them, and the text certainly has more than ``limit`` tokens.
-# * Otherwise the prefix grows fourfold, up to ``(limit + 1) * MAX_CHARS_PER_TOKEN + BOUNDARY_CHARS``
-#   characters (at least ``MIN_CAP_CHARS``). No token of a byte-level BPE vocabulary is longer than its longest vocabulary entry
-#   (81 characters for SmolLM2, 18 for MiniLM), so only text that tokenizes to (almost) nothing, such
-#   as WordPiece's dropped whitespace or control characters, can reach that cap. Text beyond it is
-#   never read: such an input is encoded as its first cap characters, and refused where truncation
-#   is off.
+# * Otherwise the prefix grows fourfold, up to ``head_char_cap(limit)`` characters: 256 per token,
+#   at least 65,536, plus the boundary. A byte-level BPE token covers at most its longest vocabulary
+#   entry (81 characters for SmolLM2), so only text that tokenizes to (almost) nothing reaches the
+#   cap: WordPiece drops whitespace and control characters and makes one [UNK] of a word over 100
+#   characters. Text beyond the cap is never read: such an input is encoded as its first cap
+#   characters, and refused where truncation is off.
 FIRST_CHARS_PER_TOKEN = 8
 MAX_CHARS_PER_TOKEN = 256
 MIN_CAP_CHARS = 65_536  # small limits (a server's max_tokens_per_input) still read this much

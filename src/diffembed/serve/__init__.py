@@ -4,6 +4,12 @@ Routes: ``POST /v1/embeddings`` (OpenAI and pplx), ``POST /v1/contextualizedembe
 ``POST /embed`` (TEI), ``POST /search`` (with an index), ``GET``/``HEAD /health``, ``GET /metrics``
 (Prometheus), plus FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json``.
 
+Batching: concurrent requests share forward passes, so a vector may differ from the same text
+encoded alone by float rounding: float32 to ~1e-6, int8 by at most 1, a binary bit only where the
+component is within ~1e-6 of zero (README, "Batch composition changes the last bits"). One long input
+costs one window: only a bounded prefix is tokenized (``diffembed.inference.tokens.tokenize_heads``),
+and a refusal says "more than N tokens" instead of counting to the end.
+
 Every error is JSON: ``{"error": {"message", "type", "code"}}``, including a request that is not
 valid HTTP, which never reaches the app: ``serve.protocol.JsonErrorH11Protocol`` (the uvicorn
 protocol ``diffembed serve`` runs) answers it with code ``malformed_http``. It also closes a
