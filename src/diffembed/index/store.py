@@ -11,6 +11,7 @@ from them (see ``vectors.py``) and tagged with the ``generation`` counter bumped
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -71,26 +72,95 @@ class NewDocument:
 
 
 class IndexStore:
-    """Open (or create) the SQLite file of an index folder."""
+    """The SQLite file of an index folder.
 
-    def __init__(self, folder: str | Path, *, create: bool = False):
+    An existing index opens read-only (``mode=ro``) and reopens read-write at its first write, so
+    searching works on a copy nobody may write and never touches the file. ``create=True`` makes a
+    missing index now; ``create_on_write=True`` only at the first write, so an ``index add`` that
+    fails or stores nothing leaves no folder behind (its settings wait in memory until then).
+    """
+
+    def __init__(self, folder: str | Path, *, create: bool = False, create_on_write: bool = False):
         self.folder = Path(folder)
         self.path = self.folder / DB_NAME
-        if not self.path.exists():
-            if not create:
-                raise IndexStoreError(f"{self.folder} is not a diffembed index (no {DB_NAME}); build one with 'diffembed index add'")
-            if self.folder.exists() and not self.folder.is_dir():
-                raise IndexStoreError(f"{self.folder} exists and is not a folder")
-            self.folder.mkdir(parents=True, exist_ok=True)
+        self._db: sqlite3.Connection | None = None
+        self.read_only = False
+        self._pending_meta: dict = {}
+        if self.path.exists():
+            self._open_read_only()
+            self._check_schema()
+        elif not (create or create_on_write):
+            raise IndexStoreError(f"{self.folder} is not a diffembed index (no {DB_NAME}); build one with 'diffembed index add'")
+        elif self.folder.exists() and not self.folder.is_dir():
+            raise IndexStoreError(f"{self.folder} exists and is not a folder")
+        elif create:
+            self._open_writable()
+
+    # ------------------------------------------------------------------ connections
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._open_writable()
+        return self._db
+
+    @property
+    def exists(self) -> bool:
+        """False while a ``create_on_write`` store has not written anything yet."""
+        return self._db is not None
+
+    def _open_read_only(self) -> None:
+        uri = self.path.resolve().as_uri() + "?mode=ro"
         try:
-            self.db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses nothing committed
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.executescript(_SCHEMA)
+            db = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None, check_same_thread=False)
+            try:
+                db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError:
+                # A WAL database needs its -shm file, which a folder nobody may write cannot get. With no
+                # -wal either, every commit is in the main file and nobody can write it: read it as immutable.
+                db.close()
+                wal = self.path.with_name(DB_NAME + "-wal")
+                if os.access(self.folder, os.W_OK) or (wal.exists() and wal.stat().st_size > 0):
+                    raise
+                db = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+                db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
         except sqlite3.DatabaseError as exc:
             raise IndexStoreError(f"cannot open index {self.path}: {exc}") from exc
-        version = self.get_meta("schema_version")
+        self._db, self.read_only = db, True
+
+    def _open_writable(self) -> None:
+        """Reopen read-write (creating the folder and file if missing) and write any pending meta."""
+        if self._db is not None and not self.read_only:
+            return
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses nothing committed
+            db.execute("PRAGMA foreign_keys=ON")
+            db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            why = " (its folder cannot be written)" if self.folder.is_dir() and not os.access(self.folder, os.W_OK) else ""
+            raise IndexStoreError(f"cannot write to index {self.folder}: {_reason(exc)}{why}") from exc
+        self._db, self.read_only = db, False
+        self._check_schema()
+        if self._pending_meta:
+            pending, self._pending_meta = self._pending_meta, {}
+            with self.transaction():
+                for key, value in pending.items():
+                    current = self.get_meta(key)
+                    if current is None:
+                        self._set_meta(key, value)
+                    elif key == "settings" and _comparable(current) != _comparable(value):
+                        raise IndexStoreError(f"index {self.folder} was created meanwhile with other settings")
+
+    def _check_schema(self) -> None:
+        try:
+            version = self.get_meta("schema_version")
+        except sqlite3.OperationalError:  # no meta table yet: a file created but never initialised
+            version = None
         if version is None:
             with self.transaction():
                 self._set_meta("schema_version", SCHEMA_VERSION)
@@ -100,16 +170,32 @@ class IndexStore:
 
     # ------------------------------------------------------------------ transactions and meta
     def transaction(self, write: bool = True):
-        return _Transaction(self.db, write)
+        if write:
+            self._open_writable()
+        return _Transaction(self.db, write, self.folder)
 
     def get_meta(self, key: str):
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if self._db is None:
+            return self._pending_meta.get(key)
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
     def _set_meta(self, key: str, value) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
+    def set_meta_once(self, key: str, value) -> None:
+        """Record ``value`` unless ``key`` is already set; a store not created yet keeps it for its first write."""
+        if self._db is None:
+            self._pending_meta.setdefault(key, value)
+            return
+        with self.transaction():
+            if self.get_meta(key) is None:
+                self._set_meta(key, value)
+
     def set_settings(self, settings: dict) -> None:
+        if self._db is None:
+            self._pending_meta["settings"] = settings
+            return
         with self.transaction():
             self._set_meta("settings", settings)
 
@@ -126,11 +212,31 @@ class IndexStore:
 
     # ------------------------------------------------------------------ documents
     def content_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
+        return {d: h for d, (h, _) in self.known_documents(doc_ids).items()}
+
+    def known_documents(self, doc_ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """doc id -> (content hash, source) for those of ``doc_ids`` in the index."""
+        out: dict[str, tuple[str, str | None]] = {}
+        if self._db is None:
+            return out
         for part in _batches(list(doc_ids), 500):
             marks = ",".join("?" * len(part))
-            out.update(self.db.execute(f"SELECT doc_id, content_hash FROM documents WHERE doc_id IN ({marks})", part))
+            for doc_id, digest, source in self.db.execute(
+                    f"SELECT doc_id, content_hash, source FROM documents WHERE doc_id IN ({marks})", part):
+                out[doc_id] = (digest, source)
         return out
+
+    def sources(self) -> list[tuple[str, str | None]]:
+        """Every document's (id, source), for pruning the documents of deleted files."""
+        if self._db is None:
+            return []
+        return self.db.execute("SELECT doc_id, source FROM documents ORDER BY doc_id").fetchall()
+
+    def set_sources(self, sources: dict[str, str]) -> None:
+        """Record where unchanged documents now come from. Sources are not in any cache: no generation bump."""
+        if sources:
+            with self.transaction():
+                self.db.executemany("UPDATE documents SET source = ? WHERE doc_id = ?", [(s, d) for d, s in sources.items()])
 
     def put_documents(self, docs: Iterable[NewDocument]) -> int:
         """Replace each document's chunks in one transaction. Returns the number of chunks written."""
@@ -155,6 +261,8 @@ class IndexStore:
 
     def remove_documents(self, doc_ids: Sequence[str]) -> None:
         """Remove all or nothing: unknown ids are an error and nothing is deleted."""
+        if not doc_ids:
+            return
         known = self.content_hashes(doc_ids)
         missing = [d for d in doc_ids if d not in known]
         if missing:
@@ -171,6 +279,8 @@ class IndexStore:
 
     # ------------------------------------------------------------------ reads
     def counts(self) -> tuple[int, int]:
+        if self._db is None:
+            return 0, 0
         docs = self.db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
         chunks = self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
         return int(docs), int(chunks)
@@ -216,36 +326,61 @@ class IndexStore:
         return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
     def close(self) -> None:
-        self.db.close()
+        if self._db is not None:
+            self._db.close()
 
 
 class _Transaction:
     """BEGIN ... COMMIT, rolled back on any exception (including KeyboardInterrupt).
 
     Writes take the lock up front (IMMEDIATE) so two writers queue instead of failing mid-way; reads
-    use a deferred transaction, which in WAL mode is a consistent snapshot that blocks nobody.
+    use a deferred transaction, which in WAL mode is a consistent snapshot that blocks nobody. SQLite
+    errors of a write (disk full, read-only file, lock timeout) become an IndexStoreError that says
+    nothing of the transaction was stored.
     """
 
-    def __init__(self, db: sqlite3.Connection, write: bool):
+    def __init__(self, db: sqlite3.Connection, write: bool, folder: Path):
         self.db = db
         self.write = write
+        self.folder = folder
         self.outer = False
 
     def __enter__(self):
         if self.db.in_transaction:  # nested: the outer transaction commits
             return self
         self.outer = True
-        self.db.execute("BEGIN IMMEDIATE" if self.write else "BEGIN")
+        try:
+            self.db.execute("BEGIN IMMEDIATE" if self.write else "BEGIN")
+        except sqlite3.OperationalError as exc:
+            raise self._error(exc) from exc
         return self
 
     def __exit__(self, exc_type, exc, tb):
         if not self.outer:
             return False
         if exc_type is None:
-            self.db.execute("COMMIT")
-        else:
+            try:
+                self.db.execute("COMMIT")
+                return False
+            except sqlite3.OperationalError as commit_exc:
+                exc = commit_exc
+        if self.db.in_transaction:  # SQLite may already have rolled back (e.g. on a full disk)
             self.db.execute("ROLLBACK")
+        if self.write and isinstance(exc, sqlite3.OperationalError):
+            raise self._error(exc) from exc
         return False
+
+    def _error(self, exc: sqlite3.Error) -> IndexStoreError:
+        return IndexStoreError(f"cannot write to index {self.folder}: {_reason(exc)} "
+                               "(this change was not stored; earlier ones are kept)")
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)
+
+
+def _comparable(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k != "probe"}
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
