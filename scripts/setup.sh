@@ -1,18 +1,33 @@
 #!/usr/bin/env bash
 # Create .venv in the repository root and install diffembed into it (idempotent).
-#   bash scripts/setup.sh          runtime only
-#   bash scripts/setup.sh --dev    plus test and benchmark dependencies and the Ray extra (tested in CI)
+#   bash scripts/setup.sh             runtime only
+#   bash scripts/setup.sh --dev       plus test and benchmark dependencies and the Ray extra (tested in CI)
+#   bash scripts/setup.sh --no-lock   newest releases allowed by pyproject.toml instead of the lock
+# By default every install is constrained by requirements.lock (exact versions of every package the
+# tests and the committed results were run with); refresh it with `bash scripts/lock.sh`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 extras=""
-[ "${1:-}" = "--dev" ] && extras="[dev,ray]"
+lock=requirements.lock
+for arg in "$@"; do
+  case "$arg" in
+    --dev) extras="[dev,ray]" ;;
+    --no-lock) lock="" ;;
+    *) echo "setup: unknown option $arg (use --dev and/or --no-lock)" >&2; exit 2 ;;
+  esac
+done
 
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PYTHON --version 2>&1)"
   "$PYTHON" -m venv .venv
 fi
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+if [ -n "$lock" ]; then
+  [ -f "$lock" ] || { echo "setup: $lock is missing (run scripts/lock.sh, or pass --no-lock)" >&2; exit 2; }
+  echo "setup: versions pinned by $lock"
+  pip+=(-c "$lock")
+fi
 # torch first and pinned: a bare 'torch' requirement would pull a multi-GB CUDA build.
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "setup: installing torch 2.13.0 (first run only)"
