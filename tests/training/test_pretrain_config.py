@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
+from pathlib import Path
 
 import pytest
 import yaml
 
 from cli_helpers import run_cli
-from diffembed.config_io import ConfigError, load_config, parse_overrides
+from diffembed.config_io import ConfigError, dump_config, load_config, parse_overrides
 from diffembed.training.pretrain_config import PretrainConfig
 from pretrain_helpers import recipe
 
@@ -42,7 +44,9 @@ def test_yaml_plus_overrides_validate(tmp_path, tiny_lm, word_corpus):
     (["optim.lr=-1"], ["optim.lr", "greater than 0"]),
     (["train.steps=many"], ["train.steps", "integer"]),
     (["objective.kind=bert"], ["objective.kind", "diffusion", "mntp"]),
-    (["schedule.warmup_steps=10", "train.steps=5"], ["warmup_steps"]),
+    (["schedule.warmup_steps=10", "train.steps=5"], ["warmup_steps", "warmup_ratio"]),
+    (["schedule.warmup_ratio=1.0"], ["schedule.warmup_ratio", "less than 1"]),
+    (["schedule.warmup_ratio=0.5", "schedule.warmup_steps=2"], ["warmup_steps (2) disagrees", "= 3"]),
     (["data.heldout_fraction=0"], ["held-out"]),
     (["optim.betas=[0.9, 1.5]"], ["optim.betas"]),
     (["train.precision=fp8"], ["train.precision"]),
@@ -54,6 +58,43 @@ def test_validation_errors_name_the_field(tmp_path, tiny_lm, word_corpus, overri
         load_config(PretrainConfig, path, overrides)
     for needle in needles:
         assert needle in str(info.value), str(info.value)
+
+
+REPO_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "smollm2-debian.yaml"
+
+
+@pytest.mark.parametrize("steps, warmup", [(400, 20), (20, 1), (10, 0), (1, 0)])
+def test_warmup_ratio_scales_with_the_run(tmp_path, tiny_lm, word_corpus, steps, warmup):
+    """The README's `train.steps=20` override of the shipped recipe validates (it used to fail with
+    warmup_steps (20) must be below train.steps (20)): its warmup is a fraction of the run."""
+    cfg = load_config(PretrainConfig, REPO_RECIPE, [f"train.steps={steps}"])
+    assert cfg.schedule.warmup_ratio == 0.05 and cfg.schedule.warmup_steps == warmup
+    # the dumped config (output_dir/config.yaml, --dry-run) holds both and loads again to the same
+    again = load_config(PretrainConfig, write(tmp_path, yaml.safe_load(dump_config(cfg))))
+    assert again == cfg
+    # a dumped config of a short run reused for a longer one: the ratio and the stale count disagree
+    with pytest.raises(ConfigError, match="disagrees") if warmup != 20 else nullcontext():
+        load_config(PretrainConfig, write(tmp_path, yaml.safe_load(dump_config(cfg))), ["train.steps=400"])
+    # without a ratio, warmup_steps is taken as given
+    data = recipe(tiny_lm, word_corpus, tmp_path / "out", **{"schedule": {"warmup_steps": 3}, "train.steps": 8})
+    assert load_config(PretrainConfig, write(tmp_path, data)).schedule.warmup_steps == 3
+
+
+def test_the_scheduler_warms_up_for_the_derived_steps(tmp_path, tiny_lm, word_corpus):
+    import torch
+
+    from diffembed.training.loop import make_scheduler
+
+    data = recipe(tiny_lm, word_corpus, tmp_path / "out", **{"schedule": {"warmup_ratio": 0.25}, "train.steps": 12})
+    cfg = load_config(PretrainConfig, write(tmp_path, data))
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_scheduler(opt, cfg.schedule, cfg.train.steps)
+    lrs = []
+    for _ in range(5):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0]) and lrs[4] < 1.0  # 3 warmup steps, then decay
 
 
 def test_missing_sections_and_bad_files(tmp_path):

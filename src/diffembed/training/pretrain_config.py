@@ -72,6 +72,9 @@ class OptimSection(_Section):
 class ScheduleSection(_Section):
     kind: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
+    # A fraction of train.steps instead of a count, so a recipe's warmup scales with a shortened run
+    # (train.steps=20 on a 400-step recipe). When set, warmup_steps is derived from it.
+    warmup_ratio: float | None = Field(None, ge=0.0, lt=1.0)
 
 
 class TrainSection(_Section):
@@ -112,9 +115,19 @@ class PretrainConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self):
-        if self.schedule.warmup_steps >= self.train.steps and self.schedule.kind != "constant":
-            raise ValueError(f"schedule.warmup_steps ({self.schedule.warmup_steps}) must be below "
-                             f"train.steps ({self.train.steps})")
+        sched, steps = self.schedule, self.train.steps
+        if sched.warmup_ratio is not None:
+            derived = round(sched.warmup_ratio * steps)
+            # A given warmup_steps must agree, so a dumped config (which holds both) loads again,
+            # while a warmup_steps override of a ratio recipe is not silently ignored.
+            if "warmup_steps" in sched.model_fields_set and sched.warmup_steps != derived:
+                raise ValueError(f"schedule.warmup_steps ({sched.warmup_steps}) disagrees with schedule.warmup_ratio "
+                                 f"({sched.warmup_ratio} of {steps} steps = {derived}): set one of them and "
+                                 "the ratio to null")
+            sched.warmup_steps = derived
+        if sched.warmup_steps >= steps and sched.kind != "constant":
+            hint = " (use schedule.warmup_ratio to scale warmup with the run)" if sched.warmup_ratio is None else ""
+            raise ValueError(f"schedule.warmup_steps ({sched.warmup_steps}) must be below train.steps ({steps}){hint}")
         if not self.data.eval and self.data.heldout_fraction == 0.0:
             raise ValueError("no held-out data: set data.eval sources or data.heldout_fraction > 0")
         return self
