@@ -133,9 +133,12 @@ def _write_recipe(tmp_path, data) -> Path:
 
 
 def test_sigkill_during_training_then_resume_matches(tiny_lm, word_corpus, tmp_path):
-    """A real crash: the CLI is SIGKILLed after its first checkpoint; a re-run continues exactly."""
+    """A real crash: the CLI is SIGKILLed after its first checkpoint; a re-run continues exactly.
+
+    48 steps, not 12: the kill must land before the last checkpoint, and 8 steps after the first one
+    took about 0.2 s on a loaded 2-core machine, only a few polls; 44 leave a window many times wider."""
     ref = tmp_path / "ref"
-    overrides = {"train.steps": 12, "checkpoint.every": 4, "eval.every": 4, "schedule.warmup_steps": 2}
+    overrides = {"train.steps": 48, "checkpoint.every": 4, "eval.every": 4, "schedule.warmup_steps": 2}
     run_pretrain(cfg_for(tiny_lm, word_corpus, ref, **overrides), progress=False)
     out = tmp_path / "run"
     path = _write_recipe(tmp_path, recipe(tiny_lm, word_corpus, out, **overrides))
@@ -146,7 +149,7 @@ def test_sigkill_during_training_then_resume_matches(tiny_lm, word_corpus, tmp_p
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     done = list_checkpoints(out / "checkpoints")
-    assert done and done[-1].name != "step-00000012", "the run finished before it could be killed"
+    assert done and done[-1].name != "step-00000048", "the run finished before it could be killed"
     resumed = _cli(["-m", "diffembed", "pretrain", "-c", str(path), "-q"])
     log, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, log
