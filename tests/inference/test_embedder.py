@@ -53,7 +53,9 @@ def test_bad_batch_tokens(emb):
         emb.encode(["a"], batch_tokens=0)
 
 
-def test_embed_batch_is_normalised_float(emb):
-    out = emb.embed_batch(["the cat", "the dog"])
-    assert out.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
+def test_default_output_is_the_unit_length_raw_vector(emb):
+    texts = ["the cat", "the dog sat on the mat"]
+    out, raw = emb.encode(texts), emb.encode(texts, normalize=False)
+    assert out.dtype == np.float32 and raw.dtype == np.float32
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-3)  # so the check below means something
+    np.testing.assert_allclose(out, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)

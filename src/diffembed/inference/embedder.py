@@ -132,10 +132,6 @@ class Embedder:
         kwargs.setdefault("prompt_name", "query" if "query" in self.prompts else None)
         return self.encode(texts, **kwargs)
 
-    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
-        """The plain core for adapters (Ray, Spark, servers): normalised float32, model defaults."""
-        return self.encode(list(texts), precision="float32", show_progress=False)
-
     def encode_contextual(
         self,
         documents: Sequence[Sequence[str]],
