@@ -64,19 +64,38 @@ def _parse_value(key: str, text: str) -> Any:
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set each dotted key. A list is entered by index (`stages.0.lr`) or, for a list of named
+    sections, by name (`stages.pairs.lr`)."""
     for dotted, value in overrides.items():
-        node = data
+        node: Any = data
         parts = dotted.split(".")
         for depth, part in enumerate(parts[:-1]):
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                node = _list_item(node, part, dotted, where)
+                continue
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
-            elif not isinstance(child, dict):
-                where = ".".join(parts[: depth + 1])
+            elif not isinstance(child, (dict, list)):
                 raise ConfigError(f"override {dotted}: {where} is a value, not a section")
             node = child
+        if isinstance(node, list):
+            raise ConfigError(f"override {dotted}: cannot replace one item of a list; set a field inside it")
         node[parts[-1]] = value
     return data
+
+
+def _list_item(items: list, key: str, dotted: str, where: str) -> dict:
+    if key.isdigit() and int(key) < len(items):
+        item = items[int(key)]
+    else:
+        item = next((x for x in items if isinstance(x, dict) and x.get("name") == key), None)
+    if not isinstance(item, dict):
+        names = [str(x.get("name")) for x in items if isinstance(x, dict) and "name" in x]
+        raise ConfigError(f"override {dotted}: {where} names no item (use an index below {len(items)}"
+                          + (f" or one of {', '.join(names)})" if names else ")"))
+    return item
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -49,7 +49,7 @@ def test_disk_full_is_one_line_and_keeps_the_index(tmp_path, corpus, tiny_dir, m
     assert_clean_error(code, err, "database or disk is full", "not stored")
     monkeypatch.setattr(sqlite3, "connect", real_connect)
     after = IndexStore(ix)
-    assert after.integrity_ok() and (after.counts(), after.generation) == (counts, generation)
+    assert after.db.execute("PRAGMA integrity_check").fetchone() == ("ok",) and (after.counts(), after.generation) == (counts, generation)
     code, out, err = run_cli(["search", "queen book", "--index", ix, "--json", "-k", "1"], monkeypatch, capsys)
     assert code == 0 and json.loads(out)["hits"][0]["doc_id"] == "corpus/b.md"
 

@@ -322,9 +322,6 @@ class IndexStore:
                 out[rowid] = ChunkRow(*rest)
         return out
 
-    def integrity_ok(self) -> bool:
-        return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
