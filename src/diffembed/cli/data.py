@@ -112,3 +112,69 @@ def build(
     typer.echo(f"{verb} {summary['kind']} dataset {summary['out_dir']}: {counts}")
     for key, value in summary.get("stats", {}).items():
         typer.echo(f"  {key}: {value}")
+
+
+_PAIRS_HELP = (
+    "Build training pairs (query -> positive) from real text on this machine, deduplicated, with a "
+    "hash-split dev set.\n\n"
+    "Sources: apt (Debian package synopsis -> long description, from apt's Translation-en lists), "
+    "python-doc (python3.11-doc: 'Page: Heading' -> section text), linux-doc (linux-doc-6.1, the same), "
+    "man (NAME description -> DESCRIPTION, from the manpages and manpages-dev packages).\n\n"
+    "OUT gets train.jsonl and dev.jsonl (id, source, query, positive, optional negatives, origin), "
+    "dev-beir/ (the dev pairs as a BEIR dataset for `diffembed eval`) and build.json (settings, counts). "
+    "Reserved for evaluation and refused: SQuAD/KorQuAD, python3.11-doc's faq/, LibreOffice help."
+)
+
+
+def _counts_table(summary: dict) -> list[str]:
+    lines = [f"{'source':<11} {'candidates':>10} {'kept':>7} {'train':>7} {'dev':>6} {'truncated':>9}  dropped / skipped"]
+    for name, c in summary["sources"].items():
+        notes = ", ".join(f"{k} {v}" for k, v in {**c["dropped"], **c["skipped"]}.items()) or "-"
+        lines.append(f"{name:<11} {c['candidates']:>10} {c['kept']:>7} {c['train']:>7} {c['dev']:>6} "
+                     f"{c['truncated']:>9}  {notes}")
+    return lines
+
+
+@data_app.command(help=_PAIRS_HELP)
+def pairs(
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (replaced whole; only an earlier pairs build "
+                                                     "or an empty folder is accepted)."),
+    source: list[str] = typer.Option(None, "--source", "-s", help="apt, python-doc, linux-doc or man; repeat for "
+                                                                  "several (default: all four)."),
+    dev_fraction: float = typer.Option(0.02, "--dev-fraction", help="Share of documents (pages, description "
+                                                                   "families, man pages) held out as dev, by blake2b hash."),
+    max_per_source: int = typer.Option(None, "--max-per-source", help="Keep at most N pairs per source (a fixed "
+                                                                      "hash-ordered sample)."),
+    page_negatives: int = typer.Option(0, "--page-negatives", help="python-doc/linux-doc: up to N other sections of "
+                                                                   "the same page as each pair's negatives."),
+    min_query_chars: int = typer.Option(8, "--min-query-chars"),
+    max_query_chars: int = typer.Option(300, "--max-query-chars"),
+    min_positive_chars: int = typer.Option(80, "--min-positive-chars"),
+    max_positive_chars: int = typer.Option(2000, "--max-positive-chars", help="Longer positives are cut at a "
+                                                                              "sentence end."),
+    apt_lists: Path = typer.Option(None, "--apt-lists", help="apt lists folder (default /var/lib/apt/lists)."),
+    python_doc: Path = typer.Option(None, "--python-doc", help="Python reST sources (default "
+                                                               "/usr/share/doc/python3.11/html/_sources)."),
+    linux_doc: Path = typer.Option(None, "--linux-doc", help="Kernel reST sources (default "
+                                                             "/usr/share/doc/linux-doc-6.1/Documentation)."),
+    man_dir: list[Path] = typer.Option(None, "--man-dir", help="Read man pages from DIR/man*/ instead of the "
+                                                               "manpages and manpages-dev packages; repeatable."),
+    as_json: bool = typer.Option(False, "--json", help="Also print the summary as JSON on stdout."),
+) -> None:
+    """Build training pairs (help: _PAIRS_HELP); counts go to stderr, and to stdout with --json."""
+    from diffembed.cli.common import err_console
+    from diffembed.training.data import SOURCES, build_pairs
+    from diffembed.training.data.pairs import Limits
+
+    limits = Limits(min_query_chars, max_query_chars, min_positive_chars, max_positive_chars)
+    result = build_pairs(out, source or SOURCES, limits=limits, dev_fraction=dev_fraction,
+                         max_per_source=max_per_source, page_negatives=page_negatives, apt_lists=apt_lists,
+                         python_doc=python_doc, linux_doc=linux_doc, man_dirs=man_dir or None)
+    summary = result.to_dict()
+    for line in _counts_table(summary):
+        err_console.print(line, highlight=False, soft_wrap=True)
+    err_console.print(f"Wrote {summary['train']} train and {summary['dev']} dev pairs to {summary['out_dir']}"
+                      + (f" (BEIR dev set: {summary['dev_beir']})" if summary["dev_beir"] else ""),
+                      highlight=False, soft_wrap=True)
+    if as_json:
+        print_json(summary)
