@@ -162,9 +162,12 @@ def test_unknown_module_is_refused_by_name(tiny_dir, tmp_path, monkeypatch, caps
 @pytest.mark.parametrize("pooling,needle", [
     ({"pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": True}, "asks for max pooling"),
     ({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True}, r"asks for cls \+ mean pooling"),
-    ({"pooling_mode_mean_tokens": False}, "asks for none pooling"),
+    ({"pooling_mode": "max"}, "asks for max pooling"),
+    ({"pooling_mode": ["cls", "mean"]}, r"asks for cls \+ mean pooling"),
+    ({"pooling_mode": "weightedmean", "pooling_mode_mean_tokens": True}, "asks for weightedmean pooling"),
 ])
 def test_pooling_diffembed_cannot_reproduce_is_refused(tiny_dir, tmp_path, pooling, needle):
+    """Both spellings: the <= 5 flags and 6.x's pooling_mode (which wins over flags, as there)."""
     folder = _st_folder(tiny_dir, tmp_path, BASE_MODULES, pooling={"word_embedding_dimension": 32, **pooling})
     with pytest.raises(ModelLoadError, match=needle):
         read_model_spec(folder)

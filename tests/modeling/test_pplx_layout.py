@@ -33,7 +33,6 @@ def test_spec_reads_pplx_layout(tiny_dir):
     assert spec.layout == "pplx"
     assert spec.hf_model_type == "qwen3"
     assert spec.default_precision == "int8"
-    assert spec.declared_bidirectional is True
     assert spec.pooling == "mean"
 
 

@@ -141,6 +141,20 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
         raise ModelLoadError(f"cannot load the tokenizer in {path}: {exc}") from exc
 
 
+def lowercase_inputs(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Lower-case every input before tokenizing, as sentence-transformers does for a folder whose
+    ``sentence_bert_config.json`` says ``do_lower_case: true`` (a Lowercase normalizer put first)."""
+    from tokenizers.normalizers import Lowercase, Sequence
+
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError("the folder asks for do_lower_case, which diffembed applies to fast tokenizers only")
+    normalizer = tokenizer.backend_tokenizer.normalizer
+    rest = list(normalizer) if isinstance(normalizer, Sequence) else [normalizer] if normalizer is not None else []
+    if any(isinstance(n, Lowercase) for n in rest):
+        return
+    tokenizer.backend_tokenizer.normalizer = Sequence([Lowercase(), *rest])
+
+
 def quiet_transformers() -> None:
     """Our CLI reports progress itself; transformers' per-load bars and notices are noise there."""
     from transformers.utils import logging as hf_logging
@@ -211,6 +225,8 @@ def load_model(
 
     check_weight_files(spec, name)
     tokenizer = load_tokenizer(spec.path)
+    if spec.do_lower_case:
+        lowercase_inputs(tokenizer)
     quiet_transformers()
     try:
         net = _from_pretrained(spec, config, torch_dtype, attn_implementation)
