@@ -59,3 +59,22 @@ def test_default_output_is_the_unit_length_raw_vector(emb):
     assert out.dtype == np.float32 and raw.dtype == np.float32
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-3)  # so the check below means something
     np.testing.assert_allclose(out, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_forward_only_entry_points_match_the_text_ones(emb):
+    """A server tokenizes on request threads and hands ids to ``pooled_token_ids``/``pooled_chunk_ids``:
+    they give what the text entry points give, and refuse sequences the model cannot take."""
+    import torch
+
+    texts = ["the cat sat on the mat", "a dog", "the old king and the queen had many books"]
+    ids = [emb.template.wrap(emb.tokenizer("the dog " + t, add_special_tokens=False)["input_ids"]) for t in texts]
+    torch.testing.assert_close(emb.pooled_token_ids(ids, skip=emb.prompt_skip("the dog ")),
+                               emb.pooled(texts, prompt="the dog "), atol=1e-6, rtol=1e-6)
+    docs = [["the cat sat", "on the mat"], ["a dog"]]
+    chunk_ids = [[emb.tokenizer(c, add_special_tokens=False)["input_ids"] for c in d] for d in docs]
+    for got, want in zip(emb.pooled_chunk_ids(chunk_ids), emb.pooled_contextual(docs)):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    with pytest.raises(InputError, match=r"input\[1\] has 65 token ids; expected 1..64"):
+        emb.pooled_token_ids([ids[0], [1] * 65])
+    with pytest.raises(InputError, match=r"input\[0\] has 0 token ids"):
+        emb.pooled_token_ids([[]])

@@ -3,6 +3,7 @@ random models: prompts, truncation below the model window, pplx int8-default mod
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -46,6 +47,18 @@ def test_prompt_name_uses_the_model_prompt(prompted):
     assert bad.status_code == 400 and "known: query" in bad.json()["error"]["message"]
 
 
+def test_a_prompt_left_out_of_pooling_stays_out(prompted, monkeypatch):
+    """include_prompt=False: the request thread tokenizes prompt + text, and the prompt's token count
+    travels with the ids so the model thread pools the text tokens only, as Embedder.encode does."""
+    monkeypatch.setattr(prompted.loaded, "spec", dataclasses.replace(prompted.loaded.spec, include_prompt=False))
+    assert prompted.prompt_skip(prompted.prompts["query"]) == 3
+    with TestClient(create_app(prompted)) as c:
+        got = vectors(c.post("/v1/embeddings", json={"input": TEXTS, "prompt_name": "query"}))
+    np.testing.assert_allclose(got, prompted.encode(TEXTS, prompt_name="query", precision="float32"), atol=1e-5)
+    monkeypatch.undo()
+    assert not np.allclose(got, prompted.encode(TEXTS, prompt_name="query", precision="float32"), atol=1e-3)
+
+
 def test_truncation_below_the_window_cuts_at_the_limit(prompted):
     with TestClient(create_app(prompted, ServeSettings(max_tokens_per_input=5))) as c:
         refused = c.post("/v1/embeddings", json={"input": ["fine", TEN]})
@@ -75,7 +88,7 @@ def test_int8_default_models_still_answer_float32(tiny_dir):
 
 def test_model_errors_are_400_and_the_server_keeps_serving(tiny_dir, monkeypatch):
     emb = Embedder(str(tiny_dir("bert")), show_progress=False)
-    real = emb.pooled
+    real = emb.pooled_token_ids  # what the model thread runs
     failures = iter([InputError("the model refused input[0]")])
 
     def flaky(*args, **kwargs):
@@ -84,7 +97,7 @@ def test_model_errors_are_400_and_the_server_keeps_serving(tiny_dir, monkeypatch
             raise error
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(emb, "pooled", flaky)
+    monkeypatch.setattr(emb, "pooled_token_ids", flaky)
     with TestClient(create_app(emb)) as c:
         r = c.post("/v1/embeddings", json={"input": TEXTS})
         assert r.status_code == 400 and r.json()["error"]["message"] == "the model refused input[0]"

@@ -10,6 +10,7 @@ import pytest
 from cli_helpers import run_cli as run_cli_split
 
 import diffembed
+import diffembed.index.search as search_module
 from diffembed import Embedder
 from diffembed.cli.serve import read_api_key
 from diffembed.errors import InputError
@@ -93,43 +94,50 @@ def test_flags_reach_the_app_and_uvicorn(monkeypatch, capsys, tmp_path, tiny_emb
 
 
 def test_index_is_opened_with_the_served_model(monkeypatch, capsys, tmp_path, tiny_embedder, uvicorn_calls):
-    pytest.importorskip("diffembed.index.search")
-    import diffembed.index.search as search_module
-
     opened = []
 
     class Closing:
-        def search(self, query, k, mode):
+        def __init__(self, embedder):
+            self.embedder = embedder
+
+        def search(self, query, k, mode, *, vector=None):
             return []
 
         def close(self):
             opened.append("closed")
 
-    def fake_open(folder, embedder):
-        opened.append((folder, type(embedder).__name__))
-        return Closing()
+    def fake_open(folder, embedder=None, **kwargs):
+        assert embedder is None  # the searcher loads the model: the index is read once
+        opened.append((folder, kwargs))
+        return Closing(diffembed.Embedder(kwargs["model"], device=kwargs["device"], dtype=kwargs["dtype"]))
 
     monkeypatch.setattr(search_module, "open_searcher", fake_open)
     (tmp_path / "idx").mkdir()
     code, out = run_cli(["serve", "--index", tmp_path / "idx", "--model", "given"], monkeypatch, capsys)
     assert code == 0, out
-    assert opened == [(tmp_path / "idx", "Embedder"), "closed"]
+    assert opened == [(tmp_path / "idx", {"model": "given", "device": None, "dtype": None}), "closed"]
+    (app, _), = uvicorn_calls
+    assert app.state.settings.max_tokens_per_input == 126  # the searcher's (tiny) model is the one served
     assert f"index {tmp_path / 'idx'}" in out
 
 
 def test_index_model_is_served_when_no_model_is_given(monkeypatch, capsys, tmp_path, tiny_dir, uvicorn_calls):
     """Without --model, `serve --index` loads the model the index was built with (and the index opens)."""
-    from diffembed.index import add_paths, open_for_adding
+    from diffembed.index import IndexStore, add_paths, open_for_adding
 
     folder = str(tiny_dir("bert"))
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.txt").write_text("the king and the queen .")
     store, settings, emb = open_for_adding(tmp_path / "idx", model=folder, chunk_tokens=8)
     add_paths(store, settings, emb, [tmp_path / "docs"], show_progress=False)
-    loaded = []
+    store.close()
+    loaded, opens = [], []
     monkeypatch.setattr(diffembed, "Embedder", lambda model=None, **kw: loaded.append(model) or Embedder(model, **kw))
+    real_init = IndexStore.__init__
+    monkeypatch.setattr(IndexStore, "__init__", lambda self, *a, **k: opens.append(a) or real_init(self, *a, **k))
     code, out = run_cli(["serve", "--index", tmp_path / "idx"], monkeypatch, capsys)
     assert code == 0, out
     assert loaded == [str(tiny_dir("bert").resolve())]
+    assert len(opens) == 1  # the index is opened once, for its model and its searches
     code, out = run_cli(["serve", "--index", tmp_path / "docs"], monkeypatch, capsys)
     assert code == 2 and "not a diffembed index" in out

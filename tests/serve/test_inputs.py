@@ -1,5 +1,6 @@
 """The server's request tokenizer does bounded work on one huge input (issue 10, F1): a refusal says
-"more than N tokens" without counting them all, and a cut equals the one full tokenization gives."""
+"more than N tokens" without counting them all, and a cut equals the one full tokenization gives.
+It tokenizes once: the model thread receives the token ids (issue 11)."""
 
 from __future__ import annotations
 
@@ -61,14 +62,15 @@ def test_cut_below_the_window_equals_the_full_tokenization_cut(minilm, spy, prom
     assert spy["chars"] <= first_look(20) + 4 * 200  # one bounded look, then the short cut re-checked
     full = (prompt or "") + HUGE[:10_000]  # the first 20 tokens lie well inside this
     expected = old_cut(minilm.tokenizer, full, 20)
-    assert prepared.texts == [expected[len(prompt or ""):]]
-    assert prepared.tokens == 20 and prepared.lengths == [22]
+    assert prepared.ids == [minilm.template.wrap(minilm.tokenizer(expected, add_special_tokens=False)["input_ids"])]
+    assert prepared.tokens == 20 and len(prepared.ids[0]) == 22
 
 
-def test_at_the_window_the_text_is_left_for_the_model_to_cut(minilm, spy):
+def test_at_the_window_the_first_window_tokens_are_kept(minilm, spy):
     prepared = RequestTokenizer(minilm).prepare_texts([HUGE], prompt=None, limit=254, truncate=True, what="inputs")
-    assert prepared.texts[0] is HUGE and prepared.tokens == 254 and prepared.lengths == [256]
     assert spy["chars"] <= first_look(254)
+    first = minilm.tokenizer(HUGE[:10_000], add_special_tokens=False)["input_ids"][:254]
+    assert prepared.ids == [minilm.template.wrap(first)] and prepared.tokens == 254
 
 
 def test_text_past_the_character_cap(minilm):
@@ -78,7 +80,8 @@ def test_text_past_the_character_cap(minilm):
                                        "takes at most 20 tokens per input"):
         rt.prepare_texts([text], prompt=None, limit=20, truncate=False, what="inputs")
     prepared = rt.prepare_texts([text], prompt=None, limit=20, truncate=True, what="inputs")
-    assert prepared.texts == [text[: head_char_cap(20)]] and prepared.tokens == 1
+    expected = minilm.tokenizer(text[: head_char_cap(20)], add_special_tokens=False)["input_ids"]
+    assert prepared.ids == [minilm.template.wrap(expected)] and prepared.tokens == 1
 
 
 def test_embed_route_answers_a_huge_text_from_a_bounded_prefix(minilm, spy):
@@ -88,7 +91,7 @@ def test_embed_route_answers_a_huge_text_from_a_bounded_prefix(minilm, spy):
     assert cut.status_code == 200, cut.text
     assert refused.status_code == 400
     assert refused.json()["error"]["message"].startswith("input[1] has more than 254 tokens")
-    # Request thread and model thread each look once at the /embed text, the refusal once more.
-    assert spy["chars"] <= 3 * first_look(254) + 100
+    # One look at the /embed text (on the request thread; the model thread gets ids), one for the refusal.
+    assert spy["chars"] <= 2 * first_look(254) + 100
     np.testing.assert_allclose(np.array(cut.json(), dtype=np.float32),
                                minilm.encode([HUGE[:20_000]], precision="float32"), atol=1e-5)

@@ -28,7 +28,7 @@ OPERATIONS = [
 
 
 class FakeSearcher:
-    def search(self, query, k, mode):
+    def search(self, query, k, mode, *, vector=None):
         return []
 
 

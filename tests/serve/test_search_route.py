@@ -1,5 +1,6 @@
 """POST /search in-process (FastAPI TestClient) with a fake searcher that follows the index contract:
-``search(query, k, mode) -> hits`` with ``hit.to_dict()``, raising DiffembedError for bad input."""
+``search(query, k, mode, vector=...) -> hits`` with ``hit.to_dict()``, raising DiffembedError for bad
+input. The server embeds the query through its batcher and searches off the model thread."""
 
 from __future__ import annotations
 
@@ -28,14 +29,15 @@ class FakeSearcher:
     def __init__(self, embedder):
         self.embedder = embedder
         self.calls: list[tuple[str, int, str, str]] = []
+        self.vectors: list = []
 
-    def search(self, query: str, k: int, mode: str):
+    def search(self, query: str, k: int, mode: str, *, vector=None):
         self.calls.append((query, k, mode, threading.current_thread().name))
+        self.vectors.append(vector)
         if query == "bad input":
             raise InputError("query is malformed")
         if query == "broken index":
             raise IndexStoreError("index folder is unreadable")
-        self.embedder.encode_query(query)  # real model work, as a dense search does
         return [Hit(i, query) for i in range(min(k, 3))]
 
 
@@ -55,7 +57,7 @@ def client(tiny, searcher):
         yield c
 
 
-def test_search_returns_hits_and_runs_on_the_model_thread(client, searcher):
+def test_search_returns_hits_and_runs_off_the_model_thread(client, searcher, tiny):
     r = client.post("/search", json={"query": "capital of germany", "k": 2, "mode": "hybrid"})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -63,7 +65,40 @@ def test_search_returns_hits_and_runs_on_the_model_thread(client, searcher):
     assert [h["doc_id"] for h in body["data"]] == ["doc0", "doc1"]
     assert body["data"][1] == {"doc_id": "doc1", "chunk_index": 1, "start": 0, "end": 5, "score": 0.5,
                                "text": "hit 1 for capital of germany", "source": None}
-    assert searcher.calls == [("capital of germany", 2, "hybrid", "diffembed-model")]
+    (query, k, mode, thread), = searcher.calls
+    assert (query, k, mode) == ("capital of germany", 2, "hybrid") and thread != "diffembed-model"
+    # The query vector came through the batcher and is the one the index's own Searcher would embed.
+    np.testing.assert_allclose(searcher.vectors[0], tiny.encode_query("capital of germany", precision="float32"),
+                               atol=1e-5)
+
+
+def test_bm25_search_embeds_nothing(client, searcher):
+    assert client.post("/search", json={"query": "river", "mode": "bm25"}).status_code == 200
+    assert searcher.vectors == [None]
+
+
+def test_a_slow_search_does_not_stall_embedding(tiny):
+    """A search (a BM25 or bit-cache rebuild, say) holds no model thread: embeddings are answered meanwhile."""
+    started, release = threading.Event(), threading.Event()
+
+    class Slow(FakeSearcher):
+        def search(self, query, k, mode, *, vector=None):
+            started.set()
+            assert release.wait(30)
+            return super().search(query, k, mode, vector=vector)
+
+    with TestClient(create_app(tiny, searcher=Slow(tiny))) as c:
+        result = {}
+        t = threading.Thread(target=lambda: result.update(r=c.post("/search", json={"query": "slow one"})))
+        t.start()
+        try:
+            assert started.wait(30)
+            r = c.post("/embed", json={"inputs": "the cat"})  # before the fix: queued behind the search
+            assert r.status_code == 200 and not release.is_set()
+        finally:
+            release.set()
+            t.join(30)
+        assert result["r"].status_code == 200
 
 
 def test_search_defaults(client, searcher):
@@ -74,6 +109,7 @@ def test_search_defaults(client, searcher):
 
 @pytest.mark.parametrize("body,needle", [
     ({"query": ""}, "query"),
+    ({"query": "  "}, "query is an empty string"),
     ({"query": "x", "k": 0}, "k"),
     ({"query": "x", "k": 1001}, "k"),
     ({"query": "x", "k": "3"}, "k"),
@@ -100,7 +136,7 @@ def test_search_without_index_is_404(tiny):
 
 def test_searcher_bug_is_a_500_with_a_json_body(tiny):
     class Broken:
-        def search(self, query, k, mode):
+        def search(self, query, k, mode, *, vector=None):
             raise RuntimeError("bug")
 
     with TestClient(create_app(tiny, searcher=Broken()), raise_server_exceptions=False) as c:

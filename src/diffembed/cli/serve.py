@@ -64,7 +64,7 @@ def serve(
     if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise InputError(f"unknown --log-level '{log_level}'")
     settings = ServeSettings(
-        host=host, port=port, max_inputs_per_request=max_inputs, max_tokens_per_input=max_tokens_per_input,
+        max_inputs_per_request=max_inputs, max_tokens_per_input=max_tokens_per_input,
         max_body_bytes=max_body_bytes, max_documents=max_documents, max_chunks=max_chunks,
         max_tokens_per_document=max_tokens_per_document, batch_wait_ms=batch_wait_ms, batch_tokens=batch_tokens, call_tokens=call_tokens,
         api_key=api_key, model_name=served_model_name, keep_alive_timeout_s=keep_alive_timeout,
@@ -80,19 +80,16 @@ def serve(
     from diffembed.serve.app import create_app
     from diffembed.serve.protocol import JsonErrorH11Protocol
 
-    if index is not None and model is None:  # serve the model the index was built with
-        from diffembed.index import IndexStore
-        from diffembed.index.settings import load_settings
-
-        store = IndexStore(index)
-        model = load_settings(store).model
-        store.close()
-    embedder = Embedder(model, device=device, dtype=dtype, show_progress=False)
     searcher = None
-    if index is not None:
+    if index is None:
+        embedder = Embedder(model, device=device, dtype=dtype, show_progress=False)
+    else:
         from diffembed.index.search import open_searcher  # only --index needs the index package
 
-        searcher = open_searcher(index, embedder)
+        # One open: the searcher reads the index's model (served when --model is not given) and
+        # loads it, or checks that --model embeds as the index does.
+        searcher = open_searcher(index, model=model, device=device, dtype=dtype)
+        embedder = searcher.embedder
     app = create_app(embedder, settings, searcher=searcher)
     resolved = app.state.settings
     err_console.print(

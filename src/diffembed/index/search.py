@@ -59,10 +59,14 @@ class Searcher:
         self.dense = BinaryFirstPass(self.store, self.settings.dim)
         self.lexical = LexicalIndex(self.store)
 
-    def search(self, query: str, k: int = 10, mode: str = "dense") -> list[Hit]:
-        return self.search_many([query], k=k, mode=mode)[0]
+    def search(self, query: str, k: int = 10, mode: str = "dense", *, vector: np.ndarray | None = None) -> list[Hit]:
+        """``vector``: the query's ``encode_query`` float32 embedding when the caller has it already (a
+        server embeds queries on its model thread and searches elsewhere)."""
+        vectors = None if vector is None else np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        return self.search_many([query], k=k, mode=mode, vectors=vectors)[0]
 
-    def search_many(self, queries: list[str], k: int = 10, mode: str = "dense") -> list[list[Hit]]:
+    def search_many(self, queries: list[str], k: int = 10, mode: str = "dense", *,
+                    vectors: np.ndarray | None = None) -> list[list[Hit]]:
         if mode not in SEARCH_MODES:
             raise InputError(f"unknown search mode '{mode}'; choose one of {', '.join(SEARCH_MODES)}")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
@@ -72,8 +76,13 @@ class Searcher:
                 raise InputError(f"query {i} is empty" if isinstance(q, str) else f"query {i} is not a string")
         pool = max(k, MIN_CANDIDATES)  # how deep each list goes before fusion
         dense = None
+        if vectors is not None and np.shape(vectors) != (len(queries), self.settings.dim):
+            raise InputError(f"query vectors must have shape ({len(queries)}, {self.settings.dim}), "
+                             f"got {np.shape(vectors)}")
         if mode != "bm25":  # rescore as many candidates as for k results, keep `pool` for the fusion
-            dense = self.dense_rowids(queries, k, keep=k if mode == "dense" else pool)
+            keep = k if mode == "dense" else pool
+            dense = (self.dense_rowids(queries, k, keep) if vectors is None
+                     else self.dense_from_vectors(np.asarray(vectors, dtype=np.float32), k, keep))
         ranked: list[list[tuple[int, float]]] = []
         for i, q in enumerate(queries):
             if mode == "dense":

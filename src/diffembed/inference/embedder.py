@@ -159,7 +159,7 @@ class Embedder:
         docs = check_documents(documents)
         flat_ids = tokenize_bare(self.tokenizer, [c for doc in docs for c in doc])
         lead = self._lead_ids(prompt)
-        plans, k = [], 0
+        tokenized, k = [], 0
         for d, doc in enumerate(docs):
             chunk_ids = flat_ids[k : k + len(doc)]
             k += len(doc)
@@ -168,7 +168,16 @@ class Embedder:
                     raise InputError(f"documents[{d}][{c}] produced no tokens")
             if lead:
                 chunk_ids = [lead + chunk_ids[0], *chunk_ids[1:]]
-            plans.append(plan_from_chunks(chunk_ids, self.template))
+            tokenized.append(chunk_ids)
+        return self.pooled_chunk_ids(tokenized, batch_tokens=batch_tokens, overlap=overlap,
+                                     show_progress=show_progress)
+
+    def pooled_chunk_ids(self, documents: Sequence[Sequence[list[int]]], *, batch_tokens: int | None = None,
+                         overlap: int | None = None, show_progress: bool | None = None) -> list[torch.Tensor]:
+        """``pooled_contextual`` after tokenization: each document as its chunks' token ids (no special
+        tokens; a prompt's ids lead the first chunk). A server tokenizes on request threads and leaves
+        only this forward work to its model thread."""
+        plans = [plan_from_chunks([list(c) for c in doc], self.template) for doc in documents]
         return self._late_pool(plans, batch_tokens, overlap, show_progress)
 
     def encode_document(self, text: str, **kwargs) -> DocumentEmbedding:
@@ -246,7 +255,26 @@ class Embedder:
                                  "window (truncate=False)")
         seqs = [self.template.wrap(h.ids[:cap]) for h in heads]
         del heads
-        skip = len(tokenize_bare(self.tokenizer, [prompt])[0]) if prompt and not self.loaded.spec.include_prompt else 0
+        return self.pooled_token_ids(seqs, skip=self.prompt_skip(prompt), batch_tokens=batch_tokens,
+                                     show_progress=show_progress)
+
+    def prompt_skip(self, prompt: str | None) -> int:
+        """Leading prompt tokens that pooling leaves out (models saved with ``include_prompt=False``)."""
+        if not prompt or self.loaded.spec.include_prompt:
+            return 0
+        return len(tokenize_bare(self.tokenizer, [prompt])[0])
+
+    def pooled_token_ids(self, seqs: Sequence[list[int]], *, skip: int = 0, batch_tokens: int | None = None,
+                         show_progress: bool | None = None) -> torch.Tensor:
+        """``pooled`` after tokenization: forward passes and pooling only, (n, dim) float32 in input order.
+
+        Each sequence is complete (``template.wrap`` applied, at most ``max_length`` tokens); ``skip``
+        is ``prompt_skip(prompt)`` when the sequences start with a prompt. A server tokenizes on
+        request threads and leaves only this to its model thread.
+        """
+        for i, s in enumerate(seqs):
+            if not 0 < len(s) <= self.max_length:
+                raise InputError(f"input[{i}] has {len(s)} token ids; expected 1..{self.max_length}")
         out = torch.empty(len(seqs), self.dim, dtype=torch.float32)
         batches = token_budget_batches([len(s) for s in seqs], self._budget(batch_tokens))
         for batch in self._progress(batches, show_progress, "encode", len(seqs)):

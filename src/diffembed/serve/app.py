@@ -1,13 +1,17 @@
 """The HTTP API: OpenAI- and pplx-compatible embeddings, TEI's /embed, search, health, metrics.
 
 Every route checks its request completely (sizes, tokens, dimensions) before queueing model work,
-so client mistakes are 4xx answers that never touch a batch shared with other clients.
+so client mistakes are 4xx answers that never touch a batch shared with other clients. Each request
+is validated once (the schemas), tokenized once (on a request thread, ``serve.inputs``), and only
+its token ids reach the model thread, which runs nothing but forward passes. ``/search`` embeds its
+query the same way and searches the index on a request thread, one search at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
@@ -46,6 +50,8 @@ def create_app(embedder, settings: ServeSettings | None = None, searcher=None) -
     batcher = Batcher(embedder, batch_tokens=settings.batch_tokens, wait_s=settings.batch_wait_ms / 1000.0,
                       on_batch=metrics.observe_batch, call_tokens=settings.call_tokens)
     tokens = RequestTokenizer(embedder)
+    # A searcher's lazy caches (bit codes, BM25) and its sqlite connection are not for concurrent use.
+    search_lock = threading.Lock()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -84,12 +90,12 @@ def create_app(embedder, settings: ServeSettings | None = None, searcher=None) -
         except BatcherClosed as exc:
             raise ApiError(503, str(exc), "shutting_down", type="server_error") from exc
 
-    async def pooled_texts(texts: list[str], *, prompt_name: str | None, truncate: bool, what: str):
+    async def pooled_texts(texts: list[str], *, prompt: str | None, truncate: bool, what: str,
+                           limit: int | None = None):
         check_count(len(texts), settings.max_inputs_per_request, "inputs")
-        prompt = resolve_prompt(prompt_name)
         prepared = await run_in_threadpool(tokens.prepare_texts, texts, prompt=prompt,
-                                           limit=settings.max_tokens_per_input, truncate=truncate, what=what)
-        pooled = await wait(lambda: batcher.embed(prepared.texts, prepared.lengths, prompt))
+                                           limit=limit or settings.max_tokens_per_input, truncate=truncate, what=what)
+        pooled = await wait(lambda: batcher.embed_ids(prepared.ids, prepared.skip))
         return pooled, prepared.tokens
 
     def count(route: str, vectors: int, n_tokens: int) -> None:
@@ -102,7 +108,8 @@ def create_app(embedder, settings: ServeSettings | None = None, searcher=None) -
         """OpenAI- and pplx-compatible. Inputs longer than the limit are refused, never cut."""
         texts = [req.input] if isinstance(req.input, str) else list(req.input)
         check_dimensions(req.dimensions)
-        pooled, n_tokens = await pooled_texts(texts, prompt_name=req.prompt_name, truncate=False, what="input")
+        pooled, n_tokens = await pooled_texts(texts, prompt=resolve_prompt(req.prompt_name), truncate=False,
+                                              what="input")
         encoded = encode_pooled(pooled, req.output_format(), req.dimensions)
         count("/v1/embeddings", len(encoded), n_tokens)
         return JSONResponse({
@@ -122,7 +129,7 @@ def create_app(embedder, settings: ServeSettings | None = None, searcher=None) -
         check_dimensions(req.dimensions)
         prepared = await run_in_threadpool(tokens.prepare_documents, docs,
                                            max_tokens=settings.max_tokens_per_document, what="input")
-        pooled = await wait(lambda: batcher.embed_documents(docs, prepared.lengths))
+        pooled = await wait(lambda: batcher.embed_documents(prepared.ids, prepared.lengths))
         encoded = [encode_pooled(p, req.encoding_format, req.dimensions) for p in pooled]
         count("/v1/contextualizedembeddings", sum(len(e) for e in encoded), prepared.tokens)
         return JSONResponse({
@@ -139,7 +146,7 @@ def create_app(embedder, settings: ServeSettings | None = None, searcher=None) -
         """TEI-compatible. ``truncate: true`` cuts long inputs to the limit instead of refusing them."""
         texts = [req.inputs] if isinstance(req.inputs, str) else list(req.inputs)
         check_dimensions(req.dimensions)
-        pooled, n_tokens = await pooled_texts(texts, prompt_name=req.prompt_name, truncate=req.truncate,
+        pooled, n_tokens = await pooled_texts(texts, prompt=resolve_prompt(req.prompt_name), truncate=req.truncate,
                                               what="inputs")
         vectors = finalize(pooled, "float32", req.dimensions, req.normalize)
         count("/embed", len(vectors), n_tokens)
@@ -148,14 +155,26 @@ def create_app(embedder, settings: ServeSettings | None = None, searcher=None) -
     @app.post("/search", response_model=None, responses={200: {"model": SearchResponse}, **_ERRORS,
                                                           404: {"model": ErrorResponse, "description": "No index."}})
     async def search(req: SearchRequest) -> JSONResponse:
-        """Query the loaded index. Runs on the model thread: embedding the query is model work."""
+        """Query the loaded index. The query is embedded through the batcher (as ``encode_query``: the
+        model's query prompt, cut at the window); the search itself runs on a request thread, so a
+        slow one (or a BM25 or bit-cache rebuild) never stalls embedding traffic."""
         if searcher is None:
             raise ApiError(404, "no index loaded (start the server with --index DIR)", "no_index")
+        vector = None
+        if req.mode != "bm25":
+            pooled, _ = await pooled_texts([req.query], prompt=embedder.prompts.get("query") or None, truncate=True,
+                                           what="query", limit=embedder.window_capacity)
+            vector = finalize(pooled, "float32", None, True)[0]
 
         def run() -> list[dict]:
-            return [_plain(hit.to_dict()) for hit in searcher.search(req.query, req.k, req.mode)]
+            with search_lock:
+                hits = searcher.search(req.query, req.k, req.mode, vector=vector)
+            return [_plain(hit.to_dict()) for hit in hits]
 
-        hits = await wait(lambda: batcher.call(run))
+        try:
+            hits = await run_in_threadpool(run)
+        except DiffembedError as exc:
+            raise ApiError(400, str(exc), "invalid_request") from exc
         return JSONResponse({"data": hits, "query": req.query, "mode": req.mode, "model": settings.model_name})
 
     @app.get("/health", response_model=Health)

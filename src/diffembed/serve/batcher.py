@@ -4,12 +4,17 @@ Why one thread: torch already spreads one forward pass over all cores, so concur
 only fight over them (and some backends are not thread-safe). Why batch across requests: many small
 requests (one query each) would otherwise each pay a whole forward pass; combined, they share one.
 
-Requests are queued as jobs. The worker takes the oldest job, waits at most ``wait_s`` after that
-job arrived for more, and merges jobs that can share a model call (same kind, same prompt) until the
-call budget (sequences x longest sequence, ``call_tokens``) is reached. ``Embedder.pooled`` sorts a
-merged call by length and splits it into ``batch_tokens``-sized forward batches itself, so a call
-budget several times the forward budget mostly saves padding. A job larger than the call budget runs
-alone. Jobs that cannot join stay queued, in order, for the next round.
+Jobs arrive tokenized (request threads validate and tokenize, ``serve.inputs``), so this thread
+runs forward passes and pooling only: ``Embedder.pooled_token_ids`` for texts,
+``Embedder.pooled_chunk_ids`` for late-chunked documents. Nothing else runs here (a search embeds
+its query through ``embed_ids`` like any request and searches elsewhere).
+
+The worker takes the oldest job, waits at most ``wait_s`` after that job arrived for more, and merges
+jobs that can share a model call (same kind, same number of pooled-out prompt tokens) until the call
+budget (sequences x longest sequence, ``call_tokens``) is reached. The Embedder sorts a merged call
+by length and splits it into ``batch_tokens``-sized forward batches itself, so a call budget several
+times the forward budget mostly saves padding. A job larger than the call budget runs alone. Jobs
+that cannot join stay queued, in order, for the next round.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Any
 
 log = logging.getLogger("diffembed.serve")
 
@@ -47,13 +51,12 @@ class BatchStats:
 
 @dataclass(eq=False)
 class _Job:
-    kind: str  # "texts" | "documents" | "call"
+    kind: str  # "texts" | "documents"
     key: tuple  # jobs with equal keys may share one model call
-    items: list
-    lengths: list[int]
+    items: list  # token-id sequences (texts) or per-document chunk ids (documents)
+    lengths: list[int]  # padded cost of each item, for the call budget
     future: Future
     enqueued: float = field(default_factory=time.monotonic)
-    fn: Callable[[], Any] | None = None
 
 
 class Batcher:
@@ -79,24 +82,21 @@ class Batcher:
         self._closed = False
 
     # ------------------------------------------------------------------ submitting
-    def embed(self, texts: Sequence[str], lengths: Sequence[int], prompt: str | None = None) -> Future:
-        """Future of an (n, dim) tensor for ``texts``; ``lengths`` are padded lengths, for the budget."""
-        return self._submit(_Job("texts", ("texts", prompt), list(texts), list(lengths), Future()))
+    def embed_ids(self, seqs: Sequence[list[int]], skip: int = 0) -> Future:
+        """Future of an (n, dim) tensor for complete token-id sequences (special tokens included);
+        ``skip``: leading prompt tokens pooling leaves out (``Embedder.prompt_skip``)."""
+        seqs = list(seqs)
+        return self._submit(_Job("texts", ("texts", skip), seqs, [len(s) for s in seqs], Future()))
 
-    def embed_documents(self, documents: Sequence[Sequence[str]], lengths: Sequence[int],
-                        prompt: str | None = None) -> Future:
-        """Future of one (n_chunks, dim) tensor per document, late-chunked."""
-        return self._submit(_Job("documents", ("documents", prompt), [list(d) for d in documents],
-                                 list(lengths), Future()))
-
-    def call(self, fn: Callable[[], Any]) -> Future:
-        """Run ``fn`` alone on the model thread (e.g. a search that embeds its query)."""
-        return self._submit(_Job("call", ("call",), [], [], Future(), fn=fn))
+    def embed_documents(self, documents: Sequence[Sequence[list[int]]], lengths: Sequence[int]) -> Future:
+        """Future of one (n_chunks, dim) tensor per document, late-chunked from its chunks' token ids;
+        ``lengths`` are the padded costs (a long document runs as model-length windows)."""
+        return self._submit(_Job("documents", ("documents",), [list(d) for d in documents], list(lengths), Future()))
 
     def _submit(self, job: _Job) -> Future:
         if len(job.items) != len(job.lengths):
             raise ValueError("one length per item is required")
-        if job.kind != "call" and not job.items:
+        if not job.items:
             raise ValueError("nothing to embed")
         with self._lock:
             if self._closed:
@@ -161,8 +161,6 @@ class Batcher:
     def _gather(self, backlog: deque[_Job]) -> bool:
         """Pull queued jobs until the head's batch is full or its wait is over. True on stop."""
         head = backlog[0]
-        if head.kind == "call":
-            return False
         deadline = head.enqueued + self.wait_s
         n, longest = 0, 0
         for job in backlog:
@@ -184,8 +182,6 @@ class Batcher:
     def _take(self, backlog: deque[_Job]) -> list[_Job]:
         """The head plus the following compatible jobs that fit the budget with it."""
         head = backlog.popleft()
-        if head.kind == "call":
-            return [head]
         group, n, longest = [head], len(head.lengths), max(head.lengths)
         rest: deque[_Job] = deque()
         open_ = True
@@ -206,18 +202,11 @@ class Batcher:
         live = [j for j in group if j.future.set_running_or_notify_cancel()]  # skip abandoned requests
         if not live:
             return
-        if live[0].kind == "call":
-            job = live[0]
-            try:
-                job.future.set_result(job.fn())
-            except BaseException as exc:
-                job.future.set_exception(exc)
-            return
         self._execute(live, time.monotonic())
 
     def _execute(self, jobs: list[_Job], started: float) -> None:
         try:
-            outputs = self._model_call(jobs[0].kind, jobs[0].key[1], [x for j in jobs for x in j.items])
+            outputs = self._model_call(jobs[0].key, [x for j in jobs for x in j.items])
         except Exception as exc:
             if len(jobs) == 1:
                 jobs[0].future.set_exception(exc)
@@ -233,13 +222,11 @@ class Batcher:
             k += len(job.items)
         self._report(jobs, started)
 
-    def _model_call(self, kind: str, prompt: str | None, items: list):
-        if kind == "texts":
-            # Lengths were checked per request already; truncate=True only caps at the window.
-            return self.embedder.pooled(items, prompt=prompt, batch_tokens=self.batch_tokens,
-                                        truncate=True, show_progress=False)
-        return self.embedder.pooled_contextual(items, prompt=prompt, batch_tokens=self.batch_tokens,
-                                               show_progress=False)
+    def _model_call(self, key: tuple, items: list):
+        if key[0] == "texts":
+            return self.embedder.pooled_token_ids(items, skip=key[1], batch_tokens=self.batch_tokens,
+                                                  show_progress=False)
+        return self.embedder.pooled_chunk_ids(items, batch_tokens=self.batch_tokens, show_progress=False)
 
     def _report(self, jobs: list[_Job], started: float) -> None:
         if self.on_batch is None:

@@ -40,7 +40,9 @@ def _blank(x: Any) -> bool:
 
 
 def _refuse_blank(value: Any, what: str) -> None:
-    """Name the empty item, as the pplx API does; the union's own errors would not say which."""
+    """Name the empty item, as the pplx API does; the union's own errors would not say which.
+
+    The server's only blank check: nothing after the schemas looks for blank strings again."""
     if _blank(value):
         raise PydanticCustomError("empty_input", f"{what} is an empty string; empty inputs are not allowed")
     if isinstance(value, list):
@@ -166,6 +168,12 @@ class SearchRequest(BaseModel):
     query: Text
     k: TopK = 10
     mode: Literal["dense", "hybrid", "bm25"] = "dense"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_blank(cls, data: Any) -> Any:
+        _refuse_blank(data.get("query") if isinstance(data, dict) else None, "query")
+        return data
 
 
 class SearchHit(BaseModel):

@@ -24,8 +24,6 @@ class ServeSettings:
     model anyway, and /v1/embeddings must never cut silently.
     """
 
-    host: str = "127.0.0.1"
-    port: int = 8000
     max_inputs_per_request: int = 2048
     max_tokens_per_input: int | None = None
     max_body_bytes: int = 8 * 1024 * 1024
