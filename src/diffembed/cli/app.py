@@ -18,6 +18,7 @@ from diffembed.cli.info import info
 from diffembed.cli.merge import merge
 from diffembed.cli.pretrain import pretrain
 from diffembed.cli.serve import serve
+from diffembed.cli.train import train
 from diffembed.errors import DiffembedError
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ app.command(name="bulk-embed")(bulk_embed)
 app.command()(serve)
 app.command(name="eval")(eval_command)
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(pretrain)
+app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train)
 app.command(name="convert-gguf")(convert_gguf_command)
 app.command()(merge)
 app.add_typer(data_app, name="data")

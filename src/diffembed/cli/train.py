@@ -1,0 +1,68 @@
+"""`diffembed train`: contrastive stages from a YAML recipe."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from diffembed.cli.common import err_console
+
+
+def train(
+    ctx: typer.Context,
+    config: Path = typer.Option(None, "--config", "-c", help="Recipe YAML (see recipes/)."),
+    resume: str = typer.Option("auto", "--resume",
+                               help="auto: skip finished stages and continue an interrupted one from its newest "
+                                    "checkpoint; none: retrain every stage from scratch."),
+    only: list[str] = typer.Option(None, "--only", help="Run only this stage (repeatable); its parents must have "
+                                                        "finished."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate the recipe and its data, print the resolved "
+                                                          "recipe, and stop."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-evaluation lines."),
+) -> None:
+    """Train an embedding model through the recipe's contrastive stages (pairs, triplets).
+
+    Override any field after the options, stages by index:
+    `diffembed train -c recipe.yaml stages.0.train.steps=50 output_dir=runs/try`.
+    Each stage writes output_dir/<stage>/metrics.jsonl, checkpoints/ and final/ (a sentence-transformers
+    folder that Embedder, serve and SentenceTransformer load).
+    """
+    from diffembed.config_io import dump_config, load_config
+    from diffembed.training.train_config import TrainRecipe
+
+    if config is None and not ctx.args:
+        raise typer.BadParameter("give a recipe with --config (and/or key=value overrides)", param_hint="--config")
+    recipe = load_config(TrainRecipe, config, ctx.args)
+    names = [s.name for s in recipe.stages]
+    unknown = [o for o in only or [] if o not in names]
+    if unknown:
+        raise typer.BadParameter(f"no stage named {', '.join(unknown)} (stages: {', '.join(names)})",
+                                 param_hint="--only")
+    if dry_run:
+        from diffembed.training.pair_batches import read_pairs
+
+        typer.echo(dump_config(recipe), nl=False)
+        for stage in recipe.stages:
+            rows = read_pairs(stage.data.train, stage.data.negatives)
+            dev = f", dev {stage.data.dev}" if stage.data.dev else ""
+            err_console.print(f"stage {stage.name}: {len(rows)} training pairs, {stage.train.steps} steps of "
+                              f"{stage.batch.size}{dev}", highlight=False)
+        return
+
+    from diffembed.training.stages import run_recipe
+
+    def show_eval(record: dict) -> None:
+        if not quiet and record["kind"] == "eval" and "ndcg@10" in record:
+            err_console.print(f"step {record['step']}: dev nDCG@10 {record['ndcg@10']:.4f} ({record['precision']})",
+                              highlight=False)
+
+    def show_stage(name: str, what: str) -> None:
+        err_console.print(f"[bold]stage {name}[/]: {what}", highlight=False)
+
+    outputs = run_recipe(recipe, resume=resume, only=only or None, on_log=show_eval, on_stage=show_stage,
+                         progress=not quiet)
+    if os.environ.get("RANK", "0") == "0":
+        for name, path in outputs.items():
+            typer.echo(f"{name}\t{path}")

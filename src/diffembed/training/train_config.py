@@ -1,0 +1,134 @@
+"""The recipe for `diffembed train`: contrastive stages declared in YAML, run in order.
+
+Each stage names its data, loss, batch, optimizer, schedule, steps and starting point: the previous
+stage (the default), a named earlier stage (so two stages can branch from one parent, as pplx-embed's
+contextual and triplet stages do), `base` (the recipe's model), or a model folder. Unknown fields
+are errors, reported by their dotted name before any model loads.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from diffembed.training.sections import CheckpointSection, OptimSection, ScheduleSection, Section, TrainSection
+
+QUANTIZATION = ("float", "int8", "binary", "mixed")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class BaseModelSection(Section):
+    path: str = Field("default", min_length=1,
+                      description="model folder, hub id, packaged alias, or 'default' (the packaged MiniLM)")
+    max_length: int | None = Field(None, gt=0)  # tokens per text; None keeps the model's own
+
+
+class StageData(Section):
+    train: list[str] = Field(..., min_length=1)  # pairs jsonl files: query, positive, optional negatives
+    dev: str | None = None  # a BEIR folder scored after each evaluation interval (nDCG@10)
+    dev_max_queries: int | None = Field(500, gt=0)
+    negatives: int = Field(0, ge=0)  # hard negatives per pair (triplet stages); rows with fewer are skipped
+
+
+class LossSection(Section):
+    temperature: float = Field(0.05, gt=0.0, le=1.0)  # InfoNCE: cosine / temperature
+    symmetric: bool = False  # add the document -> query term
+    # GradCache: embed the batch in mini-batches of this size, so a large batch fits in memory.
+    mini_batch_size: int | None = Field(None, gt=0)
+    quantization: Literal["float", "int8", "binary", "mixed"] = "float"
+    # mixed: the loss summed over these views of one forward pass
+    mixed_weights: dict[str, float] = Field(default_factory=lambda: {"float": 1.0, "int8": 1.0, "binary": 1.0})
+    matryoshka_dims: list[int] = Field(default_factory=list)  # prefix sizes besides the full dimension
+    # False-negative filtering (GISTEmbed): a candidate the guide scores at or above the positive
+    # minus the margin is masked. guide: 'self' (a frozen copy of the stage's starting model) or a folder.
+    false_negative_margin: float | None = None
+    margin_strategy: Literal["absolute", "relative"] = "absolute"
+    guide: str = "self"
+
+    @field_validator("mixed_weights")
+    @classmethod
+    def _views(cls, v):
+        bad = [k for k in v if k not in ("float", "int8", "binary")]
+        if bad or not v:
+            raise ValueError(f"views must be among float, int8, binary (got {sorted(v)})")
+        return v
+
+    @field_validator("matryoshka_dims")
+    @classmethod
+    def _dims(cls, v):
+        if any(d <= 0 for d in v):
+            raise ValueError("dimensions must be positive")
+        return sorted(set(v), reverse=True)
+
+
+class BatchSection(Section):
+    size: int = Field(64, gt=1)  # pairs per optimizer step (across all processes)
+    no_duplicates: bool = True  # no text twice in one batch (a duplicate would be a false in-batch negative)
+    clusters: int = Field(0, ge=0)  # >0: each batch drawn from one k-means cluster of the queries (CDE)
+
+
+class StageEval(Section):
+    every: int = Field(100, gt=0)
+
+
+class StageConfig(Section):
+    name: str
+    kind: Literal["pairs", "triplets"] = "pairs"
+    start_from: str = "previous"  # previous | base | <earlier stage name> | a model folder
+    data: StageData
+    loss: LossSection = Field(default_factory=LossSection)
+    batch: BatchSection = Field(default_factory=BatchSection)
+    optim: OptimSection = Field(default_factory=lambda: OptimSection(lr=2e-5, weight_decay=0.01))
+    schedule: ScheduleSection = Field(default_factory=lambda: ScheduleSection(kind="linear", warmup_ratio=0.1))
+    train: TrainSection
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    eval: StageEval = Field(default_factory=StageEval)
+    output_dir: str = ""  # set by the runner: <recipe output_dir>/<name>
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not _NAME.match(v) or v in ("base", "previous"):
+            raise ValueError(f"stage name {v!r} must be letters, digits, '.', '_' or '-' and not base/previous")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        self.schedule.resolve_warmup(self.train.steps)
+        if self.kind == "triplets" and self.data.negatives == 0:
+            raise ValueError("a triplets stage needs data.negatives >= 1")
+        if self.loss.mini_batch_size and self.loss.mini_batch_size > self.batch.size:
+            raise ValueError(f"loss.mini_batch_size ({self.loss.mini_batch_size}) exceeds batch.size ({self.batch.size})")
+        return self
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir)
+
+
+class TrainRecipe(Section):
+    output_dir: str = Field(..., min_length=1)
+    model: BaseModelSection = Field(default_factory=BaseModelSection)
+    stages: list[StageConfig] = Field(..., min_length=1)
+
+    @model_validator(mode="after")
+    def _stage_graph(self):
+        seen: list[str] = []
+        for stage in self.stages:
+            if stage.name in seen:
+                raise ValueError(f"two stages are named {stage.name!r}")
+            src = stage.start_from
+            looks_like_path = "/" in src or src.startswith((".", "~"))
+            if src not in ("previous", "base") and src not in seen and not looks_like_path:
+                raise ValueError(f"stage {stage.name!r} starts from {src!r}, which is no earlier stage "
+                                 f"(earlier: {', '.join(seen) or 'none'}), 'base', 'previous' or a folder path")
+            seen.append(stage.name)
+            stage.output_dir = str(Path(self.output_dir) / stage.name)
+        return self
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir)
