@@ -3,7 +3,7 @@ import json
 import pytest
 
 from diffembed.errors import DataFileError
-from diffembed.index.sources import collect_files, html_to_text, read_documents
+from diffembed.index.sources import collect_files, read_documents
 
 
 def test_folder_ids_do_not_depend_on_cwd(tmp_path, monkeypatch):
@@ -45,7 +45,8 @@ def test_jsonl_records_and_errors(tmp_path):
     assert [(d.doc_id, d.text) for d in docs] == [("d1", "Title\n\nbody one"), ("7", "Title two starts the text")]
     assert docs[0].source.endswith("c.jsonl:1")
     for line, message in ((b"{not json", "c2.jsonl:1: malformed JSON"), (json.dumps({"text": "x"}).encode(), "no '_id'"),
-                          (json.dumps({"_id": "a", "text": 3}).encode(), "no string 'text'")):
+                          (json.dumps({"_id": "a", "text": 3}).encode(), "c2.jsonl:1: 'text' is int, not a string"),
+                          (json.dumps({"_id": "a", "body": "x"}).encode(), "c2.jsonl:1: record has no 'text'")):
         bad = tmp_path / "c2.jsonl"
         bad.write_bytes(line)
         with pytest.raises(DataFileError, match=message):
@@ -59,9 +60,3 @@ def test_undecodable_file_is_skipped_and_reported(tmp_path):
     docs = list(read_documents(collect_files([tmp_path]), skipped))
     assert [d.text for d in docs] == ["fine"]
     assert len(skipped) == 1 and "bad.txt" in skipped[0]
-
-
-def test_html_to_text_keeps_visible_text_only():
-    page = ("<html><head><title>T</title><style>p{color:red}</style></head><body>"
-            "<h1>Head &amp; more</h1><p>First  <b>para</b>\ngraph.</p><script>var x = 1;</script><p>Second</p></body></html>")
-    assert html_to_text(page) == "T\n\nHead & more\n\nFirst para graph.\n\nSecond"

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from diffembed.errors import DataFileError, InputError
-from diffembed.training.text_stream import PackedStream, is_heldout, iter_documents, list_files
+from diffembed.training.text_stream import PackedStream, is_heldout, list_files
 
 CORPUS = [
     "The river runs through the old city and the people sat by the water.",
@@ -60,6 +60,11 @@ def take(stream, n, skip=0):
     return list(islice(stream.rows(skip=skip), n))
 
 
+def documents(files, tok, **kwargs):
+    """(doc_key, text) as the stream reads them for its rows, in the order given."""
+    return list(PackedStream(files, tok, 1, **kwargs).documents(files))
+
+
 # --- packing -------------------------------------------------------------------------------------------
 
 
@@ -102,7 +107,7 @@ def test_loop_drops_each_epochs_tail_and_reshuffles(tmp_path, tok):
 # --- formats and file discovery -------------------------------------------------------------------------
 
 
-def test_all_formats_folder_recursion_and_hidden_files(tmp_path):
+def test_all_formats_folder_recursion_and_hidden_files(tmp_path, tok):
     root = tmp_path / "corpus"
     (root / "sub" / "deeper").mkdir(parents=True)
     (root / ".git").mkdir()
@@ -127,7 +132,7 @@ def test_all_formats_folder_recursion_and_hidden_files(tmp_path):
     rel = [p.relative_to(root).as_posix() for p in files]
     assert rel == ["a.txt", "b.md", "c.rst.gz", "d.html", "empty.txt", "sub/deeper/g.parquet",
                    "sub/e.jsonl", "sub/f.jsonl.gz", "sub/h.markdown"]
-    docs = list(iter_documents(files, text_field="body"))
+    docs = documents(files, tok, text_field="body")
     texts = [t for _, t in docs]
     assert texts == ["plain text", "# markdown\n", "rst *gzipped*", "visible words", "p0", "p1", "p3", "p4",
                      "jsonl one", "jsonl three", "gz record", "markdown too"]
@@ -142,11 +147,12 @@ def test_all_formats_folder_recursion_and_hidden_files(tmp_path):
     assert len(list_files([root / "a.txt", root])) == len(files)
 
 
-def test_doc_keys_do_not_depend_on_the_working_directory(tmp_path, monkeypatch):
+def test_doc_keys_do_not_depend_on_the_working_directory(tmp_path, monkeypatch, tok):
     (tmp_path / "x.txt").write_text("hello")
-    absolute = list(iter_documents([tmp_path / "x.txt"]))
+    absolute = documents([tmp_path / "x.txt"], tok)
+    assert absolute == [(str((tmp_path / "x.txt").resolve()), "hello")]
     monkeypatch.chdir(tmp_path)
-    assert list(iter_documents(list_files(["."]))) == list(iter_documents(list_files(["x.txt"]))) == absolute
+    assert documents(list_files(["."]), tok) == documents(list_files(["x.txt"]), tok) == absolute
 
 
 # --- errors ---------------------------------------------------------------------------------------------
@@ -164,30 +170,13 @@ def test_missing_unsupported_and_empty_sources(tmp_path):
         list_files([])
 
 
-def test_jsonl_record_errors_name_file_and_line(tmp_path):
-    good, bad = json.dumps({"text": "ok"}), json.dumps({"title": "no text"})
-    plain = tmp_path / "p.jsonl"
-    plain.write_text(f"{good}\n\n{bad}\n")
-    with pytest.raises(DataFileError, match=r"p\.jsonl:3: record has no 'text'"):
-        list(iter_documents([plain]))
-    packed = tmp_path / "z.jsonl.gz"
-    packed.write_bytes(gzip.compress(f"{good}\n{bad}\n".encode()))
-    with pytest.raises(DataFileError, match=r"z\.jsonl\.gz:2: record has no 'text'"):
-        list(iter_documents([packed]))
-    typed = tmp_path / "t.jsonl.gz"
-    typed.write_bytes(gzip.compress(json.dumps({"text": 5}).encode()))
-    with pytest.raises(DataFileError, match=r"t\.jsonl\.gz:1: 'text' is int, not a string"):
-        list(iter_documents([typed]))
-    broken = tmp_path / "b.jsonl.gz"
-    broken.write_bytes(gzip.compress(b"{oops\n"))
-    with pytest.raises(DataFileError, match=r"b\.jsonl\.gz:1: malformed JSON"):
-        list(iter_documents([broken]))
-
-
-def test_parquet_without_the_column(tmp_path):
+def test_record_errors_stop_the_stream(tmp_path, tok):
+    (tmp_path / "p.jsonl").write_text(json.dumps({"text": "ok"}) + "\n" + json.dumps({"title": "no text"}) + "\n")
+    with pytest.raises(DataFileError, match=r"p\.jsonl:2: record has no 'text'"):
+        list(PackedStream([tmp_path / "p.jsonl"], tok, 1, loop=False).rows())
     pq.write_table(pa.table({"body": ["x"]}), tmp_path / "a.parquet")
     with pytest.raises(DataFileError, match=r"a\.parquet: no column 'text'"):
-        list(iter_documents([tmp_path / "a.parquet"]))
+        list(PackedStream([tmp_path / "a.parquet"], tok, 1, loop=False).rows())
 
 
 def test_empty_split_raises_instead_of_spinning(tmp_path, tok):
@@ -251,7 +240,7 @@ def test_train_and_heldout_are_disjoint_and_cover_every_document(tmp_path, tok):
     train, held, every = docs("train"), docs("heldout"), docs("all")
     assert train and held and not set(train) & set(held)
     assert sorted(train + held) == sorted(every) and len(every) == 52
-    expected_held = {t for k, t in iter_documents(files) if is_heldout(k, 0.3)}
+    expected_held = {t for k, t in documents(files, tok) if is_heldout(k, 0.3)}
     assert set(held) == expected_held
 
 
@@ -289,9 +278,9 @@ def test_non_utf8_file_is_skipped_and_counted(tmp_path, tok):
     files = write_corpus(tmp_path)
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"caf\xe9 latin-1 \xff\xfe")
-    skipped: list[str] = []
-    assert [t for _, t in iter_documents([bad, files[0]], skipped=skipped)] == [CORPUS[0]]
-    assert skipped == [f"{bad} (not UTF-8)"]
+    reader = PackedStream([bad, files[0]], tok, 4)
+    assert list(reader.documents()) == [(str(files[0].resolve()), CORPUS[0])]
+    assert reader.documents_skipped_non_utf8 == 1
     stream = PackedStream([*files, bad], tok, 4, loop=False, shuffle_files=False)
     rows = list(stream.rows())
     flat = expected_stream(tok, CORPUS)

@@ -23,14 +23,12 @@ from diffembed import errors
 from diffembed.atomic import building_dir
 from diffembed.errors import DataFileError, DiffembedError, InputError
 from diffembed.inference.quantize import check_precision
+from diffembed.sources import ID_FIELDS, RECORD_FILES, check_format, folder_files, record_format, text_lines
 
 MODES = ("text", "chunks", "document")
-INPUT_FORMATS = ("auto", "txt", "jsonl", "parquet")
-ID_FIELDS = ("_id", "id")  # the same fallback as `diffembed encode`
 # Records per Ray batch. The Embedder sorts each batch by length and packs it by a token budget, so a
 # batch must be large enough for that to pay off, yet small enough to stream.
 DEFAULT_BATCH_SIZE = {"text": 512, "chunks": 32, "document": 32}
-_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".txt": "txt", ".text": "txt"}
 
 # Models built in this process. An actor owns its process, so this shows whether a model was loaded
 # once per actor (reported with actor_info=True).
@@ -140,18 +138,7 @@ class EmbedActor:
         return self.embedder.encode([], **{k: v for k, v in self.options.items() if k in ("precision", "dimensions")})
 
     def _ids(self, table: pa.Table) -> list[str]:
-        names = table.column_names
-        if self.id_column is not None:
-            column = self.id_column
-            if column not in names:
-                raise InputError(f"records have no '{column}' column (columns: {', '.join(names)})")
-        else:
-            column = next((c for c in ID_FIELDS if c in names), None)
-            if column is None:
-                raise InputError(
-                    f"records need an id ('_id' or 'id' column; columns: {', '.join(names)}): Ray Data does not "
-                    "keep row order, so ids are what ties an output row to its input (txt input gets line numbers)"
-                )
+        column = _id_column(table.column_names, self.id_column)
         values = table.column(column).to_pylist()
         for v in values:
             if v is None or (isinstance(v, str) and not v.strip()):
@@ -204,6 +191,23 @@ def _to_table(batch) -> pa.Table:
         return pa.table({k: pa.array([x.tolist() if isinstance(x, np.ndarray) else x for x in v])
                          if v.dtype == object else pa.array(v) for k, v in batch.items()})
     return pa.Table.from_pandas(batch, preserve_index=False)
+
+
+def _id_column(names: Sequence[str], id_column: str | None) -> str:
+    """The column of record ids: ``id_column``, else the first of ``ID_FIELDS`` present (as encode)."""
+    listed = ", ".join(names)
+    if id_column is not None:
+        if id_column not in names:
+            raise InputError(f"records have no '{id_column}' column (columns: {listed})")
+        return id_column
+    found = next((c for c in ID_FIELDS if c in names), None)
+    if found is None:
+        wanted = " or ".join(f"'{c}'" for c in ID_FIELDS)
+        raise InputError(
+            f"records need an id ({wanted} column; columns: {listed}): Ray Data does not keep row order, so ids "
+            "are what ties an output row to its input (txt input gets line numbers)"
+        )
+    return found
 
 
 def _check_mode(mode: str) -> str:
@@ -295,13 +299,7 @@ def _check_columns(schema, mode: str, text_column: str, chunks_column: str, id_c
     if needed not in names:
         hint = f"; records have '{chunks_column}': use mode 'chunks'" if mode != "chunks" and chunks_column in names else ""
         raise InputError(f"records have no '{needed}' column (columns: {listed}){hint}")
-    if id_column is not None and id_column not in names:
-        raise InputError(f"records have no '{id_column}' column (columns: {listed})")
-    if id_column is None and not any(c in names for c in ID_FIELDS):
-        raise InputError(
-            f"records need an id ('_id' or 'id' column; columns: {listed}): Ray Data does not keep row order, so "
-            "ids are what ties an output row to its input (txt input gets line numbers)"
-        )
+    _id_column(names, id_column)
     for name in keep_columns:
         if name not in names:
             raise InputError(f"cannot keep column '{name}': the input has no such column (columns: {listed})")
@@ -334,9 +332,9 @@ def user_errors():
 
 # ---------------------------------------------------------------------------- files
 def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], input_format: str = "auto") -> tuple[list[str], str]:
-    """Input files (folders expanded, sorted) and their one format. URIs (s3://...) are passed through."""
-    if input_format not in INPUT_FORMATS:
-        raise DataFileError(f"unknown input format '{input_format}'; choose one of {', '.join(INPUT_FORMATS)}")
+    """Input files (folders expanded, sorted; names starting with . or _ skipped, as Spark and Ray
+    write ``_SUCCESS`` and the like) and their one format. URIs (s3://...) are passed through."""
+    check_format(input_format)
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if not items:
         raise DataFileError("no input given")
@@ -348,8 +346,7 @@ def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], inpu
             continue
         p = Path(s)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and not any(part.startswith((".", "_"))
-                           for part in f.relative_to(p).parts) and (input_format != "auto" or f.suffix.lower() in _SUFFIXES))
+            found = folder_files(p, RECORD_FILES if input_format == "auto" else None, hidden=(".", "_"))
             if not found:
                 raise DataFileError(f"input folder {p} holds no .jsonl, .parquet or .txt files")
             files.extend(str(f.resolve()) for f in found)
@@ -359,12 +356,7 @@ def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], inpu
             raise DataFileError(f"input file {p} does not exist")
     if input_format != "auto":
         return files, input_format
-    kinds = set()
-    for f in files:
-        kind = _SUFFIXES.get(Path(f.split("://")[-1]).suffix.lower())
-        if kind is None:
-            raise DataFileError(f"cannot tell the format of {f} from its extension; pass --input-format")
-        kinds.add(kind)
+    kinds = {record_format(f) for f in files}
     if len(kinds) > 1:
         raise DataFileError(f"inputs mix formats ({', '.join(sorted(kinds))}); embed each format on its own")
     return files, kinds.pop()
@@ -397,17 +389,9 @@ def _txt_lines(batch: pa.Table, labels: dict[str, str]) -> pa.Table:
     ids, texts = [], []
     for data, path in zip(batch.column("bytes").to_pylist(), batch.column("path").to_pylist()):
         label = labels.get(path, path) if labels else ""
-        try:
-            lines = data.decode("utf-8").split("\n")
-        except UnicodeDecodeError as exc:
-            raise DataFileError(f"{path} is not valid UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-        if lines and lines[-1] == "":
-            lines.pop()
-        for n, line in enumerate(ln.removesuffix("\r") for ln in lines):
-            if not line.strip():
-                raise DataFileError(f"{path}:{n + 1}: empty line; a txt input holds one non-empty text per line")
-            ids.append(f"{label}:{n}" if label else str(n))
-            texts.append(line)
+        lines = text_lines(data, path)
+        ids.extend(f"{label}:{n}" if label else str(n) for n in range(len(lines)))
+        texts.extend(lines)
     return pa.table({"_id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string())})
 
 

@@ -1,6 +1,7 @@
 """Read texts/documents from txt, jsonl or parquet and write embeddings as npy or parquet.
 
-Readers report the file and line of anything malformed. Writers go through a temporary file and an
+Files are read through ``diffembed.sources`` (formats, txt lines, parquet rows, record ids), whose
+errors name the file and line of anything malformed. Writers go through a temporary file and an
 atomic rename, so an interrupted run never leaves a half-written output in place of a good one.
 """
 
@@ -14,9 +15,7 @@ import numpy as np
 from diffembed.atomic import write_files
 from diffembed.errors import DataFileError
 from diffembed.jsonl import read_jsonl
-
-INPUT_FORMATS = ("auto", "txt", "jsonl", "parquet")
-ID_FIELDS = ("_id", "id")
+from diffembed.sources import parquet_rows, record_format, record_id, text_lines
 
 
 @dataclass
@@ -33,66 +32,28 @@ class Records:
         return len(self.ids)
 
 
-def detect_format(path: Path, fmt: str) -> str:
-    if fmt not in INPUT_FORMATS:
-        raise DataFileError(f"unknown input format '{fmt}'; choose one of {', '.join(INPUT_FORMATS)}")
-    if fmt != "auto":
-        return fmt
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        return "jsonl"
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
-    if suffix in (".txt", ".text", ""):
-        return "txt"
-    raise DataFileError(f"cannot tell the format of {path} from its extension; pass --input-format")
-
-
 def read_records(path: str | Path, fmt: str = "auto", text_field: str = "text", chunks_field: str = "chunks") -> Records:
     p = Path(path)
     if not p.exists():
         raise DataFileError(f"input file {p} does not exist")
     if not p.is_file():
         raise DataFileError(f"input {p} is not a file")
-    kind = detect_format(p, fmt)
+    kind = record_format(p, fmt)
     try:
         if kind == "txt":
             return _read_txt(p)
         if kind == "jsonl":
             return _from_rows(p, read_jsonl(p), text_field, chunks_field)
-        return _from_rows(p, _parquet_rows(p), text_field, chunks_field)
-    except UnicodeDecodeError as exc:
-        raise DataFileError(f"{p} is not valid UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        return _from_rows(p, parquet_rows(p), text_field, chunks_field)
     except OSError as exc:
         raise DataFileError(f"cannot read {p}: {exc}") from exc
 
 
 def _read_txt(p: Path) -> Records:
-    texts, ids = [], []
-    # Split on "\n" only: str.splitlines would also split inside a line at form feeds or U+2028,
-    # shifting ids and line numbers away from the file's real lines.
-    lines = p.read_text(encoding="utf-8").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    for n, line in enumerate((ln.removesuffix("\r") for ln in lines), start=1):
-        if not line.strip():
-            raise DataFileError(f"{p}:{n}: empty line; a txt input holds one non-empty text per line")
-        texts.append(line)
-        ids.append(str(n - 1))
+    texts = text_lines(p.read_bytes(), p)
     if not texts:
         raise DataFileError(f"{p} holds no texts")
-    return Records(ids=ids, texts=texts)
-
-
-def _parquet_rows(p: Path):
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(p)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for bad files
-        raise DataFileError(f"cannot read parquet file {p}: {exc}") from exc
-    for n, row in enumerate(table.to_pylist(), start=1):
-        yield n, row
+    return Records(ids=[str(i) for i in range(len(texts))], texts=texts)
 
 
 def _from_rows(p: Path, rows, text_field: str, chunks_field: str) -> Records:
@@ -108,8 +69,8 @@ def _from_rows(p: Path, rows, text_field: str, chunks_field: str) -> Records:
             mode = row_mode
         elif row_mode != mode:
             raise DataFileError(f"{p}:{n}: record has '{row_mode}' but earlier records have '{mode}'; do not mix them")
-        ident = next((row[k] for k in ID_FIELDS if row.get(k) is not None), len(ids))
-        ids.append(str(ident))
+        ident = record_id(row)
+        ids.append(str(len(ids) if ident is None else ident))
         value = row[chunks_field if mode == "chunks" else text_field]
         if mode == "chunks":
             if not isinstance(value, list) or not value or not all(isinstance(c, str) and c.strip() for c in value):

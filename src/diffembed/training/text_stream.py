@@ -19,58 +19,27 @@ Why it looks like this:
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from diffembed import sources
 from diffembed.errors import DataFileError, InputError
-from diffembed.index.sources import SUFFIXES as INDEX_SUFFIXES
-from diffembed.index.sources import file_kind, html_to_text, is_hidden
-from diffembed.jsonl import read_jsonl
-
-_PARQUET = (".parquet",)
-# what `index add` reads (text, html, jsonl), each also gzipped, plus parquet
-TEXT_SUFFIXES = tuple(s + gz for s in INDEX_SUFFIXES for gz in ("", ".gz")) + _PARQUET
+from diffembed.sources import CORPUS_FILES
 
 SPLITS = ("train", "heldout", "all")
 BATCH_DOCS = 64  # documents per tokenizer call
 BATCH_CHARS = 4_000_000  # ...or fewer, when the documents are long
-PARQUET_BATCH_ROWS = 1024
 
 
-def list_files(sources: Sequence[str | Path]) -> list[Path]:
-    """Files given directly, or found recursively (sorted, hidden and unsupported skipped) in folders."""
-    if not sources:
-        raise DataFileError("give at least one file or folder of text")
-    out: dict[Path, None] = {}  # ordered, without the duplicates of a file also inside a given folder
-    for raw in sources:
-        path = Path(raw)
-        if not path.exists():
-            raise DataFileError(f"{path}: no such file or folder")
-        if path.is_dir():
-            found = (p for p in path.rglob("*") if p.is_file() and _kind(p) and not is_hidden(p, path))
-            out.update(dict.fromkeys(sorted(found)))
-        elif _kind(path):
-            out[path] = None
-        else:
-            raise DataFileError(f"{path}: unsupported file type (use {', '.join(TEXT_SUFFIXES)})")
-    if not out:
-        raise DataFileError(f"no supported text files in {', '.join(str(s) for s in sources)}")
-    return list(out)
-
-
-def iter_documents(files: Sequence[Path], *, text_field: str = "text",
-                   skipped: list[str] | None = None) -> Iterator[tuple[str, str]]:
-    """Yield (doc_key, text) file by file; empty documents are dropped.
-
-    A plain/HTML file is one document keyed by its resolved path; a jsonl line or parquet row is
-    keyed ``f"{path}#{record_index}"`` (0-based among records). A text file that is not UTF-8 is
-    skipped and, when ``skipped`` is given, named there; a broken jsonl/parquet file is an error.
-    """
-    for path in files:
-        yield from _file_documents(Path(path), text_field, skipped)
+def list_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The corpus files (``sources.CORPUS_FILES``: what ``index add`` reads, each also gzipped, plus
+    parquet) given directly or found in folders; an error when there are none."""
+    files = sources.list_files(paths, CORPUS_FILES)
+    if not files:
+        raise DataFileError(f"no supported text files in {', '.join(str(p) for p in paths)}")
+    return files
 
 
 def is_heldout(doc_key: str, fraction: float) -> bool:
@@ -143,22 +112,28 @@ class PackedStream:
             random.Random(f"{self.seed}:{epoch}").shuffle(order)
         return order
 
-    def _documents(self, files: Iterable[Path]) -> Iterator[tuple[str, str]]:
-        """(doc_key, text) of this split; a plain file outside the split is not even read."""
+    def documents(self, files: Iterable[Path] | None = None) -> Iterator[tuple[str, str]]:
+        """(doc_key, text) of this split, from ``files`` (default: all, sorted), empty ones dropped.
+
+        A plain/HTML file is one document keyed by its resolved path; a jsonl line or parquet row is
+        keyed ``f"{path}#{record_index}"`` (0-based among records). A plain file outside the split is
+        not even read; one that is not UTF-8 is skipped and counted."""
         skipped: list[str] = []
-        for path in files:
-            if _kind(path) in ("text", "html") and not self._in_split(_file_key(path)):
+        for path in self.files if files is None else files:
+            key = str(Path(path).resolve())
+            if CORPUS_FILES.kind(path) in ("text", "html") and not self._in_split(key):
                 continue
-            for key, text in _file_documents(path, self.text_field, skipped):
-                if self._in_split(key):
+            for i, text in sources.file_texts(path, self.text_field, skipped):
+                doc_key = key if i is None else f"{key}#{i}"
+                if text.strip() and self._in_split(doc_key):
                     self.documents_read += 1
-                    yield key, text
+                    yield doc_key, text
             self.documents_skipped_non_utf8 += len(skipped)
             skipped.clear()
 
     def _epoch_rows(self, epoch: int) -> Iterator[list[int]]:
         n, buf = self.seq_len, []
-        for ids in self._token_docs(self._documents(self.epoch_files(epoch))):
+        for ids in self._token_docs(self.documents(self.epoch_files(epoch))):
             buf.extend(ids)
             full = len(buf) // n
             for i in range(full):
@@ -204,86 +179,3 @@ def _batches(texts: Iterator[str]) -> Iterator[list[str]]:
             batch, chars = [], 0
     if batch:
         yield batch
-
-
-def _file_documents(path: Path, field: str, skipped: list[str] | None) -> Iterator[tuple[str, str]]:
-    kind, key = _kind(path), _file_key(path)
-    if kind == "jsonl":
-        records = _jsonl_texts(path, field)
-    elif kind == "parquet":
-        records = _parquet_texts(path, field)
-    else:
-        text = _read_text(path)
-        if text is None:
-            if skipped is not None:
-                skipped.append(f"{path} (not UTF-8)")
-            return
-        if kind == "html":
-            text = html_to_text(text)
-        if text.strip():
-            yield key, text
-        return
-    for i, text in enumerate(records):
-        if text.strip():
-            yield f"{key}#{i}", text
-
-
-def _read_text(path: Path) -> str | None:
-    """A plain file's text (gunzipped if ``.gz``), or None when it is not UTF-8."""
-    try:
-        data = gzip.decompress(path.read_bytes()) if _gzipped(path) else path.read_bytes()
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return None
-    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; a truncated .gz an EOFError
-        raise DataFileError(f"cannot read {path}: {exc}") from exc
-
-
-def _jsonl_texts(path: Path, field: str) -> Iterator[str]:
-    """The ``field`` of every record, with read_jsonl's errors (file:line)."""
-    for n, rec in read_jsonl(path):
-        if field not in rec:
-            raise DataFileError(f"{path}:{n}: record has no '{field}'")
-        text = rec[field]
-        if not isinstance(text, str):
-            raise DataFileError(f"{path}:{n}: '{field}' is {type(text).__name__}, not a string")
-        yield text
-
-
-def _parquet_texts(path: Path, field: str) -> Iterator[str]:
-    """One string column, read batch by batch; a null value counts as an empty document."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise DataFileError(f"cannot read {path} as parquet: {exc}") from exc
-    schema = pf.schema_arrow
-    if field not in schema.names:
-        raise DataFileError(f"{path}: no column '{field}' (columns: {', '.join(schema.names)})")
-    kind = schema.field(field).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
-        raise DataFileError(f"{path}: column '{field}' is {kind}, not a string")
-    try:
-        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[field]):
-            for text in batch.column(0).to_pylist():
-                yield text or ""
-    except (OSError, pa.ArrowException) as exc:
-        raise DataFileError(f"cannot read {path} as parquet: {exc}") from exc
-
-
-def _kind(path: Path) -> str | None:
-    """The index's kinds (text, html, jsonl), each also gzipped, plus parquet."""
-    name = path.name.lower()
-    if name.endswith(_PARQUET):
-        return "parquet"
-    return file_kind(Path(name.removesuffix(".gz")))
-
-
-def _file_key(path: Path) -> str:
-    return str(path.resolve())
-
-
-def _gzipped(path: Path) -> bool:
-    return path.name.lower().endswith(".gz")
