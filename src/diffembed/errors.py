@@ -1,7 +1,7 @@
 """Errors users can act on.
 
-Everything raised for bad input or a bad model path is a ``DiffembedError`` so the CLI (and later the
-server) can turn it into a one-line message and a non-zero exit instead of a traceback.
+Everything raised for bad input or a bad model path is a ``DiffembedError`` so the CLI can turn it
+into a one-line message and exit 2, and the server into a 4xx JSON body, instead of a traceback.
 """
 
 

@@ -1,1 +1,1 @@
-"""Training: pretraining objectives (masked diffusion, MNTP) and, later, the stage loops."""
+"""Training: continued pretraining (masked diffusion, MNTP) and the contrastive stages, on one shared loop."""

@@ -1,7 +1,7 @@
 """Turn a run's metrics.jsonl into the figures a reader checks: curves (PNG) and a summary table.
 
-The step-0 evaluation is the baseline the issue asks for: the same decoder made bidirectional, with
-no continued pretraining, scored on the same held-out rows with the same masks.
+The step-0 evaluation is the baseline every curve is read against: the same decoder made
+bidirectional, with no continued pretraining, scored on the same held-out rows with the same masks.
 """
 
 from __future__ import annotations
