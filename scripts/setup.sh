@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv in the repository root and install diffembed into it (idempotent).
-#   bash scripts/setup.sh             runtime only
+#   bash scripts/setup.sh             the runtime plus the [all] extra (index, serve, train, eval): every
+#                                     command works (a plain install of diffembed is the runtime only)
 #   bash scripts/setup.sh --dev       plus test and benchmark dependencies and the Ray extra (tested in CI)
 #   bash scripts/setup.sh --no-lock   newest releases allowed by pyproject.toml instead of the lock
 # By default every install is constrained by requirements.lock (exact versions of every package the
@@ -8,11 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-extras=""
+extras="[all]"
 lock=requirements.lock
 for arg in "$@"; do
   case "$arg" in
-    --dev) extras="[dev,ray]" ;;
+    --dev) extras="[all,dev,ray]" ;;
     --no-lock) lock="" ;;
     *) echo "setup: unknown option $arg (use --dev and/or --no-lock)" >&2; exit 2 ;;
   esac

@@ -33,7 +33,7 @@ from cli_helpers import run_cli  # noqa: E402
 from diffembed import Embedder  # noqa: E402
 from diffembed.bulk import embed_dataset, embed_to_parquet  # noqa: E402
 from diffembed.bulk import ray_data as bulk  # noqa: E402
-from diffembed.errors import DataFileError, InputError  # noqa: E402
+from diffembed.errors import DataFileError, DiffembedError, InputError  # noqa: E402
 
 # Ray Data's own DataContext warns about its renamed settings on first use; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
@@ -252,7 +252,7 @@ def test_bad_inputs_are_refused_with_clear_errors(local_ray, tiny, tmp_path):
 
 def test_missing_ray_gives_an_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
-    with pytest.raises(InputError, match=r"pip install 'diffembed\[ray\]'"):
+    with pytest.raises(DiffembedError, match=r"bulk embedding needs ray\[data\], which is not installed: pip install 'diffembed\[ray\]'"):
         bulk.require_ray()
 
 

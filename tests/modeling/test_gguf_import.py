@@ -67,8 +67,8 @@ def test_missing_package_says_how_to_install(monkeypatch):
 
 
 def test_missing_gguf_python_package(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "gguf", None)  # find_spec answers None, as if not installed
-    with pytest.raises(ModelLoadError, match=r"needs the gguf package: pip install 'gguf>=0\.10'"):
+    monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` now fails, as if not installed
+    with pytest.raises(DiffembedError, match=r"needs gguf, which is not installed: pip install 'diffembed\[train\]'"):
         convert_gguf(_fake_gguf(tmp_path / "m.gguf"), tmp_path / "out")
 
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 from diffembed import errors
 from diffembed.atomic import building_dir
 from diffembed.errors import DataFileError, DiffembedError, InputError
+from diffembed.extras import require
 from diffembed.inference.quantize import check_precision
 from diffembed.sources import ID_FIELDS, RECORD_FILES, check_format, folder_files, record_format, text_lines
 
@@ -37,12 +38,8 @@ _MODEL_LOADS = 0
 
 def require_ray():
     """Import ray (with Ray Data) or explain how to get it."""
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError as exc:
-        raise InputError(f"bulk embedding needs Ray Data ({exc}); install it with: pip install 'diffembed[ray]'") from exc
-    return ray
+    require("ray.data", "ray", "bulk embedding")
+    return require("ray", "ray", "bulk embedding")
 
 
 # ---------------------------------------------------------------------------- the actor

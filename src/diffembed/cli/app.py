@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from diffembed.cli.bulk import bulk_embed
 from diffembed.cli.common import err_console
@@ -47,7 +48,7 @@ def main() -> None:
     try:
         app()
     except DiffembedError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)  # "[index]" is text
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from diffembed.cli.common import DeviceOpt, DtypeOpt, ModelOpt, err_console
+from diffembed.extras import require_extra
 
 
 def eval_command(
@@ -24,6 +25,7 @@ def eval_command(
     plot: Path = typer.Option(None, help="Write an nDCG@10 bar chart (PNG) here."),
 ) -> None:
     """Score a model (and optional peers) on a dataset: nDCG@10, Recall@1/10/100, MRR@10, MAP."""
+    require_extra("eval", "diffembed eval")
     from diffembed import Embedder
     from diffembed.eval.datasets import load_dataset
     from diffembed.eval.report import plot as plot_rows

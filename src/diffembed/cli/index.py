@@ -11,6 +11,7 @@ import typer
 
 from diffembed.cli.common import DeviceOpt, DtypeOpt, err_console, print_json
 from diffembed.errors import IndexStoreError
+from diffembed.extras import require_extra
 
 index_app = typer.Typer(
     help="Build and maintain an on-disk index of late-chunked document chunks (SQLite + faiss binary).",
@@ -138,6 +139,7 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print hits as JSON (full chunk text)."),
 ) -> None:
     """Search an index and print ranked chunks with document id, span, score and a snippet."""
+    require_extra("index", "diffembed search")
     from diffembed.index import Searcher
 
     with index_errors(index):

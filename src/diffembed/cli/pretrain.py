@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from diffembed.cli.common import err_console
+from diffembed.extras import require_extra
 
 
 def pretrain(
@@ -28,6 +29,7 @@ def pretrain(
     Writes output_dir/metrics.jsonl, output_dir/checkpoints/step-*/ and the exported backbone in
     output_dir/final/ (loadable by Embedder and sentence-transformers).
     """
+    require_extra("train", "diffembed pretrain")
     from diffembed.config_io import dump_config, load_config
     from diffembed.training.pretrain_config import PretrainConfig
 

@@ -8,6 +8,7 @@ import typer
 
 from diffembed.cli.common import DeviceOpt, DtypeOpt, ModelOpt, err_console
 from diffembed.errors import InputError
+from diffembed.extras import require_extra
 
 
 def read_api_key(path: Path) -> str:
@@ -56,6 +57,9 @@ def serve(
 ) -> None:
     """Serve embeddings over HTTP: /v1/embeddings (OpenAI), /v1/contextualizedembeddings (pplx),
     /embed (TEI), /search (with --index), /health and /metrics."""
+    require_extra("serve", "diffembed serve")
+    if index is not None:
+        require_extra("index", "diffembed serve --index")
     from diffembed.serve.settings import ServeSettings
 
     api_key = read_api_key(api_key_file) if api_key_file is not None else None  # fail before loading a model

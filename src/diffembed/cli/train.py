@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from diffembed.cli.common import err_console
+from diffembed.extras import require_extra
 
 
 def train(
@@ -29,6 +30,7 @@ def train(
     Each stage writes output_dir/<stage>/metrics.jsonl, checkpoints/ and final/ (a sentence-transformers
     folder that Embedder, serve and SentenceTransformer load).
     """
+    require_extra("train", "diffembed train")
     from diffembed.config_io import dump_config, load_config
     from diffembed.training.train_config import TrainRecipe
 

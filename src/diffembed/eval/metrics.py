@@ -8,7 +8,9 @@ MRR@10 is trec_eval's reciprocal rank on each query's top 10.
 
 from __future__ import annotations
 
-import pytrec_eval
+from diffembed.extras import require
+
+pytrec_eval = require("pytrec_eval", "eval", "retrieval metrics")
 
 Run = dict[str, dict[str, float]]
 METRICS = ("ndcg@10", "recall@1", "recall@10", "recall@100", "mrr@10", "map")

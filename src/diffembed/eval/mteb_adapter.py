@@ -27,19 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from diffembed.errors import DiffembedError, InputError
+from diffembed.errors import InputError
+from diffembed.extras import require
 from diffembed.inference.quantize import check_dimensions
 
-try:
-    from mteb.abstasks.retrieval import AbsTaskRetrieval
-    from mteb.abstasks.task_metadata import TaskMetadata
-    from mteb.models.abs_encoder import AbsEncoder
-    from mteb.models.model_meta import ModelMeta
-    from mteb.types import PromptType
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise DiffembedError(
-        "mteb is not installed; install it with `pip install diffembed[mteb]` to evaluate with mteb"
-    ) from exc
+require("mteb", "mteb", "the MTEB adapter")
+from mteb.abstasks.retrieval import AbsTaskRetrieval  # noqa: E402
+from mteb.abstasks.task_metadata import TaskMetadata  # noqa: E402
+from mteb.models.abs_encoder import AbsEncoder  # noqa: E402
+from mteb.models.model_meta import ModelMeta  # noqa: E402
+from mteb.types import PromptType  # noqa: E402
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from diffembed.atomic import write_text
+from diffembed.extras import require
 
 COLUMNS = [("ndcg@10", "nDCG@10"), ("recall@1", "R@1"), ("recall@10", "R@10"), ("recall@100", "R@100"),
            ("mrr@10", "MRR@10"), ("map", "MAP")]
@@ -44,8 +45,7 @@ def write_json(path: str | Path, payload: dict) -> None:
 
 
 def plot(rows: list[dict], path: str | Path, title: str, metric: str = "ndcg@10") -> None:
-    import matplotlib
-
+    matplotlib = require("matplotlib", "eval", "eval --plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

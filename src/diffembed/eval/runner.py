@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from diffembed.errors import InputError
+from diffembed.extras import require
 from diffembed.eval.datasets import ContextualDataset, RetrievalDataset
 from diffembed.eval.metrics import evaluate_run
 from diffembed.eval.search import to_run, top_k
@@ -52,7 +53,7 @@ class SentenceTransformersSystem:
     supports_late = False
 
     def __init__(self, path: str, device: str | None = None):
-        from sentence_transformers import SentenceTransformer
+        SentenceTransformer = require("sentence_transformers", "eval", "a sentence-transformers baseline").SentenceTransformer
 
         self.model = SentenceTransformer(path, device=device or "cpu")
         self.name = path

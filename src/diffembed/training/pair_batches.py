@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from diffembed.errors import DataFileError
+from diffembed.extras import require
 from diffembed.jsonl import read_jsonl
 
 
@@ -133,7 +134,7 @@ class BatchPlan:
 
 def cluster_labels(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
     """k-means (faiss) over L2-normalised vectors; returns each row's cluster."""
-    import faiss
+    faiss = require("faiss", "train", "cluster batches")
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from diffembed.errors import ModelLoadError
+from diffembed.extras import require
 from diffembed.modeling.bidirectional import set_bidirectional
 from diffembed.modeling.layout import read_model_spec
 from diffembed.modeling.loader import load_tokenizer, quiet_transformers, resolve_model_path
@@ -96,10 +97,8 @@ def load_pretrain_model(model_cfg: ModelSection, objective: ObjectiveSection) ->
 
 
 def _wrap_lora(lm: PreTrainedModel, model_cfg: ModelSection):
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise ModelLoadError("model.lora needs the peft package (pip install peft)") from exc
+    require("peft", "train", "model.lora")
+    from peft import LoraConfig, get_peft_model
     lora = model_cfg.lora
     names = {n.rsplit(".", 1)[-1] for n, _ in lm.named_modules()}
     missing = [m for m in lora.target_modules if m not in names]

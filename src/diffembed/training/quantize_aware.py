@@ -45,6 +45,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from diffembed.extras import require
 from diffembed.inference.quantize import int8_tanh
 
 QuantMode = Literal["float", "int8", "binary"]
@@ -85,6 +86,7 @@ def quantize_ste(x: Tensor, mode: str) -> Tensor:
 
 
 def _sentence_transformers_module() -> type:
+    require("sentence_transformers", "train", "quantization-aware training")
     try:
         from sentence_transformers.base.modules.module import Module
     except ImportError:  # sentence-transformers < 6 kept it under models

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from diffembed.extras import require
 from diffembed.training.run_log import read_log
 
 
@@ -42,8 +43,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 
 def plot_run(metrics: str | Path, out_png: str | Path, title: str = "masked-diffusion pretraining") -> None:
-    import matplotlib
-
+    matplotlib = require("matplotlib", "train", "the training report plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
