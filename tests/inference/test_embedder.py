@@ -78,3 +78,49 @@ def test_forward_only_entry_points_match_the_text_ones(emb):
         emb.pooled_token_ids([ids[0], [1] * 65])
     with pytest.raises(InputError, match=r"input\[0\] has 0 token ids"):
         emb.pooled_token_ids([[]])
+
+
+def test_pool_leaves_out_zeroed_leading_positions_like_sentence_transformers():
+    """With the prompt zeroed out of the mask: cls is the first position left, last the last one
+    (not ``mask.sum() - 1``), and a row with nothing left pools to zeros."""
+    import torch
+
+    from diffembed.inference.pooling import pool
+
+    hidden = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)
+    mask = torch.tensor([[0, 0, 1, 1, 0], [0, 0, 1, 1, 1]])  # row 0 right-padded by one
+    torch.testing.assert_close(pool(hidden, mask, "cls"), hidden[:, 2])
+    torch.testing.assert_close(pool(hidden, mask, "last"), torch.stack([hidden[0, 3], hidden[1, 4]]))
+    torch.testing.assert_close(pool(hidden, mask, "mean"), torch.stack([hidden[0, 2:4].mean(0), hidden[1, 2:].mean(0)]))
+    empty = torch.zeros(1, 5, dtype=torch.long)
+    for mode in ("mean", "last"):
+        assert not pool(hidden[:1], empty, mode).any()
+    torch.testing.assert_close(pool(hidden[:1], empty, "cls"), hidden[:1, 0])
+
+
+def test_default_prompt_applies_when_a_call_gives_none(tiny_dir, tmp_path):
+    """As in sentence-transformers: ``default_prompt_name`` applies to every call naming no prompt
+    (``prompt=""`` turns it off); ``encode_query`` prefers the query prompt, and an explicit
+    prompt to it is used as given."""
+    import shutil
+
+    from diffembed.modeling.st_format import ModelConfig, PoolingConfig, STFolder, write_st_files
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dir("bert64"), folder)
+    write_st_files(folder, STFolder(pooling=PoolingConfig(dimension=32),
+                                    model=ModelConfig(prompts={"query": "the dog ", "doc": "a house "},
+                                                      default_prompt_name="doc")))
+    emb = Embedder(str(folder), show_progress=False)
+    texts = ["the cat sat on the mat", "a king"]
+    doc, query, plain = (emb.encode(texts, prompt=p) for p in ("a house ", "the dog ", ""))
+    assert emb.default_prompt_name == "doc" and emb.resolve_prompt() == "a house "
+    assert not np.allclose(doc, plain, atol=1e-3)
+    np.testing.assert_allclose(emb.encode(texts), doc, atol=1e-6)
+    np.testing.assert_allclose(emb.encode(texts, prompt_name="doc"), doc, atol=1e-6)
+    np.testing.assert_allclose(emb.pooled(texts).numpy(), emb.pooled(texts, prompt="a house ").numpy(), atol=1e-6)
+    np.testing.assert_allclose(emb.encode_query(texts), query, atol=1e-6)
+    np.testing.assert_allclose(emb.encode_query(texts, prompt=""), plain, atol=1e-6)
+    np.testing.assert_allclose(emb.encode_query(texts, prompt="a house "), doc, atol=1e-6)
+    with pytest.raises(InputError, match="not both"):
+        emb.encode_query(texts, prompt="x ", prompt_name="doc")

@@ -98,3 +98,63 @@ def test_bad_documents(emb):
         emb.encode_contextual([["ok text", "  "]])
     with pytest.raises(InputError, match="list of chunk strings"):
         emb.encode_contextual(["just a string"])
+
+
+def _prompted(tiny_dir, tmp_path, family, include_prompt):
+    """A tiny model saved as a sentence-transformers folder whose default prompt is "query"."""
+    import shutil
+
+    from diffembed.modeling.st_format import ModelConfig, PoolingConfig, STFolder, write_st_files
+
+    folder = tmp_path / f"{family}-{include_prompt}"
+    shutil.copytree(tiny_dir(family), folder)
+    write_st_files(folder, STFolder(pooling=PoolingConfig(mode="mean", include_prompt=include_prompt, dimension=32),
+                                    model=ModelConfig(prompts={"query": "the city of "}, default_prompt_name="query")))
+    return Embedder(str(folder), show_progress=False)
+
+
+@pytest.mark.parametrize("include_prompt", [True, False], ids=["with-prompt", "without-prompt"])
+@pytest.mark.parametrize("family", ["bert", "qwen3", "llama"])
+def test_one_chunk_document_equals_plain_encode_with_a_prompt(tiny_dir, tmp_path, family, include_prompt):
+    """The prompt leads the first chunk; without it in the pool (``include_prompt=False``) the first
+    chunk leaves out what ``encode`` leaves out. The default prompt applies to late chunking too."""
+    emb = _prompted(tiny_dir, tmp_path, family, include_prompt)
+    text = "the cat sat on the mat in the old house"
+    want = emb.encode(text, prompt_name="query")
+    assert not np.allclose(want, emb.encode(text, prompt=""), atol=1e-3)  # the prompt matters
+    np.testing.assert_allclose(emb.encode(text), want, atol=1e-6)  # the default prompt
+    for got in (emb.encode_contextual([[text]], prompt_name="query")[0][0], emb.encode_contextual([[text]])[0][0],
+                emb.encode_documents([text], prompt_name="query")[0].embeddings[0],
+                emb.encode_documents([text])[0].embeddings[0]):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    plain = emb.encode(text, prompt="")
+    np.testing.assert_allclose(emb.encode_contextual([[text]], prompt="")[0][0], plain, atol=1e-5)
+    np.testing.assert_allclose(emb.encode_documents([text], prompt="")[0].embeddings[0], plain, atol=1e-5)
+
+
+def test_prompt_left_out_of_the_first_chunk_only(tiny_dir, tmp_path):
+    """include_prompt=False: [CLS] and the prompt belong to no chunk (as sentence-transformers pools a
+    prompted text); the second chunk is pooled as before, with the prompt as context."""
+    emb = _prompted(tiny_dir, tmp_path, "bert", include_prompt=False)
+    tok = emb.tokenizer
+    prompt_ids = tok("the city of ", add_special_tokens=False)["input_ids"]
+    ids = [tok(c, add_special_tokens=False)["input_ids"] for c in DOC[:2]]
+    seq = [tok.cls_token_id, *prompt_ids, *ids[0], tok.sep_token_id, *ids[1], tok.sep_token_id]
+    with torch.no_grad():
+        hidden = emb.model(input_ids=torch.tensor([seq])).last_hidden_state[0]
+    skip, a0 = 1 + len(prompt_ids), 1 + len(prompt_ids) + len(ids[0])
+    assert emb.prompt_skip("the city of ") == skip
+    manual = torch.stack([hidden[skip:a0].mean(0), hidden[a0 + 1 :].mean(0)])
+    np.testing.assert_allclose(emb.encode_contextual([DOC[:2]], normalize=False)[0], manual.numpy(), atol=1e-5)
+    raw = emb.encode_documents([DOC[0] + " " + DOC[1]], chunk_tokens=len(ids[0]), normalize=False)[0]
+    assert raw.chunks[0] == DOC[0]  # raw text: no separator, the first chunk ends where DOC[1] begins
+    seq = [tok.cls_token_id, *prompt_ids, *ids[0], *ids[1], tok.sep_token_id]
+    with torch.no_grad():
+        hidden = emb.model(input_ids=torch.tensor([seq])).last_hidden_state[0]
+    np.testing.assert_allclose(raw.embeddings[0], hidden[skip : skip + len(ids[0])].mean(0).numpy(), atol=1e-5)
+
+
+def test_skip_never_reaches_past_the_first_chunk():
+    template = SpecialTemplate(prefix=(1,), suffix=(2,), separator=(2,), pad_id=0)
+    plan = plan_from_chunks([[10, 11], [12, 13]], template, skip=5)
+    assert plan.owner.tolist() == [-1, -1, -1, -1, 1, 1, 1]

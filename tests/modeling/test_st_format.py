@@ -61,19 +61,10 @@ def test_written_folder_gives_sentence_transformers_vectors(tiny_dir, tmp_path, 
     np.testing.assert_allclose(emb.encode(TEXTS), st.encode(TEXTS, normalize_embeddings=True), atol=1e-5)
 
 
-# Runtime gaps in inference/ (embedder.py, pooling.py) that these tests found; strict, so a fix shows.
-_PROMPT_OUT_OF_POOL = {
-    "mean": "sentence-transformers also leaves the tokenizer's leading [CLS] out of the pool; Embedder keeps it",
-    "cls": "sentence-transformers' cls takes the first token left after the prompt; Embedder takes [CLS]",
-    "last": "pool('last') indexes mask.sum() - 1, which the zeroed prompt positions move off the last token",
-}
-
-
-@pytest.mark.parametrize("mode,include_prompt", [
-    pytest.param(mode, include,
-                 marks=[] if include else [pytest.mark.xfail(strict=True, reason=_PROMPT_OUT_OF_POOL[mode])])
-    for mode, include in POOLINGS], ids=IDS)
+@pytest.mark.parametrize("mode,include_prompt", POOLINGS, ids=IDS)
 def test_prompted_vectors_match_sentence_transformers(tiny_dir, tmp_path, mode, include_prompt):
+    """Without the prompt, sentence-transformers also leaves the leading [CLS] out of the pool (mean),
+    takes the first token after the prompt (cls) and still the last token (lasttoken)."""
     folder = _st_folder(tiny_dir, tmp_path, _spec(mode, include_prompt, prompts=PROMPTS))
     emb, st = Embedder(str(folder), show_progress=False), _sentence_transformers(folder)
     np.testing.assert_allclose(emb.encode(TEXTS, prompt_name="query"),
@@ -115,7 +106,6 @@ def test_do_lower_case_is_applied_like_sentence_transformers(tiny_dir, tmp_path)
     np.testing.assert_allclose(ours, plain, atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="Embedder does not apply default_prompt_name yet; sentence-transformers does")
 def test_default_prompt_read_from_a_sentence_transformers_folder(tiny_dir, tmp_path):
     folder = _st_folder(tiny_dir, tmp_path, _spec())
     meta = json.loads((folder / "config_sentence_transformers.json").read_text())
@@ -126,9 +116,23 @@ def test_default_prompt_read_from_a_sentence_transformers_folder(tiny_dir, tmp_p
                                _sentence_transformers(folder).encode(TEXTS, normalize_embeddings=True), atol=1e-5)
 
 
+@pytest.mark.parametrize("mode,include_prompt", POOLINGS, ids=IDS)
+def test_written_default_prompt_gives_sentence_transformers_vectors(tiny_dir, tmp_path, mode, include_prompt):
+    """The writer keeps a default prompt, which both runtimes apply to a call naming no prompt (and
+    "" turns off); ``encode_query`` still takes the query prompt."""
+    folder = _st_folder(tiny_dir, tmp_path, _spec(mode, include_prompt, prompts={"query": "the city of ",
+                                                                                 "doc": "germany and "},
+                                                  default_prompt_name="doc"))
+    assert read_st_folder(folder).model.default_prompt_name == "doc"
+    emb, st = Embedder(str(folder), show_progress=False), _sentence_transformers(folder)
+    for ours, theirs in [(emb.encode(TEXTS), st.encode(TEXTS)),
+                         (emb.encode(TEXTS, prompt=""), st.encode(TEXTS, prompt="")),
+                         (emb.encode_query(TEXTS), st.encode_query(TEXTS))]:
+        np.testing.assert_allclose(ours, theirs / np.linalg.norm(theirs, axis=1, keepdims=True), atol=1e-5)
+    assert not np.allclose(emb.encode(TEXTS), emb.encode(TEXTS, prompt=""), atol=1e-3)
+
+
 def test_writer_refuses_what_embedder_would_not_reproduce(tmp_path):
-    with pytest.raises(ValueError, match="default prompt"):
-        write_st_files(tmp_path, _spec(prompts=PROMPTS, default_prompt_name="query"))
     with pytest.raises(ValueError, match="st_quantize"):
         write_st_files(tmp_path, STFolder(pooling=PoolingConfig(dimension=32), quantizer=True))
     with pytest.raises(ValueError, match="unknown pooling 'max'"):

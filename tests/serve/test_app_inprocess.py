@@ -51,7 +51,7 @@ def test_a_prompt_left_out_of_pooling_stays_out(prompted, monkeypatch):
     """include_prompt=False: the request thread tokenizes prompt + text, and the prompt's token count
     travels with the ids so the model thread pools the text tokens only, as Embedder.encode does."""
     monkeypatch.setattr(prompted.loaded, "spec", dataclasses.replace(prompted.loaded.spec, include_prompt=False))
-    assert prompted.prompt_skip(prompted.prompts["query"]) == 3
+    assert prompted.prompt_skip(prompted.prompts["query"]) == 4  # [CLS] + 3, as sentence-transformers counts
     with TestClient(create_app(prompted)) as c:
         got = vectors(c.post("/v1/embeddings", json={"input": TEXTS, "prompt_name": "query"}))
     np.testing.assert_allclose(got, prompted.encode(TEXTS, prompt_name="query", precision="float32"), atol=1e-5)

@@ -3,6 +3,11 @@
 One model load, three ways in: ``encode`` (independent texts), ``encode_contextual`` (documents given
 as ordered chunks, late-chunked) and ``encode_document`` (raw text chunked here, late-chunked). All
 three batch by a padded-token budget over length-sorted inputs and return results in input order.
+
+Prompts resolve as in sentence-transformers: an explicit ``prompt`` ("" for none), else the named
+one, else the model's ``default_prompt_name`` (config_sentence_transformers.json), else none. In
+late chunking the prompt leads the first chunk; with ``include_prompt=False`` its tokens (and the
+leading special tokens, as sentence-transformers counts them) belong to no chunk.
 """
 
 from __future__ import annotations
@@ -98,6 +103,11 @@ class Embedder:
     def prompts(self) -> dict[str, str]:
         return self.loaded.spec.prompts
 
+    @property
+    def default_prompt_name(self) -> str | None:
+        """The prompt applied when a call names none (sentence-transformers' ``default_prompt_name``)."""
+        return self.loaded.spec.default_prompt_name
+
     def info(self) -> dict:
         return self.loaded.describe()
 
@@ -115,7 +125,9 @@ class Embedder:
         truncate: bool = True,
         show_progress: bool | None = None,
     ) -> np.ndarray:
-        """Embed independent texts -> (n, dim) array (1-D for a single string)."""
+        """Embed independent texts -> (n, dim) array (1-D for a single string).
+
+        ``prompt`` (``""``: none) or ``prompt_name``; neither: the model's default prompt, if any."""
         single = isinstance(texts, str)
         items = check_texts(texts)
         precision = check_precision(precision or self.default_precision)
@@ -128,8 +140,10 @@ class Embedder:
         return out[0] if single else out
 
     def encode_query(self, texts: str | Sequence[str], **kwargs) -> np.ndarray:
-        """``encode`` with the model's ``query`` prompt when it defines one."""
-        kwargs.setdefault("prompt_name", "query" if "query" in self.prompts else None)
+        """``encode`` with the model's ``query`` prompt when it defines one and the call gives no
+        prompt (else as ``encode``: the default prompt), as sentence-transformers' ``encode_query``."""
+        if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None and "query" in self.prompts:
+            kwargs["prompt_name"] = "query"
         return self.encode(texts, **kwargs)
 
     def encode_contextual(
@@ -145,7 +159,10 @@ class Embedder:
         overlap: int | None = None,
         show_progress: bool | None = None,
     ) -> list[np.ndarray]:
-        """Late-chunk documents given as ordered chunks -> one (n_chunks, dim) array per document."""
+        """Late-chunk documents given as ordered chunks -> one (n_chunks, dim) array per document.
+
+        The prompt (resolved as in ``encode``) is prepended to each document's first chunk, so a
+        one-chunk document gets the vector ``encode`` gives its text."""
         precision = check_precision(precision or self.default_precision)
         dims = check_dimensions(dimensions, self.dim)
         pooled = self.pooled_contextual(documents, prompt=self._prompt(prompt, prompt_name), batch_tokens=batch_tokens,
@@ -155,10 +172,15 @@ class Embedder:
     def pooled_contextual(self, documents: Sequence[Sequence[str]], *, prompt: str | None = None,
                           batch_tokens: int | None = None, overlap: int | None = None,
                           show_progress: bool | None = None) -> list[torch.Tensor]:
-        """Late-chunked float32 vectors per document, before truncation or quantization."""
+        """Late-chunked float32 vectors per document, before truncation or quantization.
+
+        ``prompt``: None for the model's default prompt, "" for none."""
         docs = check_documents(documents)
-        flat_ids = tokenize_bare(self.tokenizer, [c for doc in docs for c in doc])
-        lead = self._lead_ids(prompt)
+        prompt = self._prompt(prompt, None)
+        # The prompt is tokenized with the first chunk's text, as ``pooled`` tokenizes prompt + text
+        # (a BPE prompt ending in a space merges with the next word).
+        flat_ids = tokenize_bare(self.tokenizer, [prompt + c if prompt and c_i == 0 else c
+                                                  for doc in docs for c_i, c in enumerate(doc)])
         tokenized, k = [], 0
         for d, doc in enumerate(docs):
             chunk_ids = flat_ids[k : k + len(doc)]
@@ -166,18 +188,17 @@ class Embedder:
             for c, ids in enumerate(chunk_ids):
                 if not ids:
                     raise InputError(f"documents[{d}][{c}] produced no tokens")
-            if lead:
-                chunk_ids = [lead + chunk_ids[0], *chunk_ids[1:]]
             tokenized.append(chunk_ids)
-        return self.pooled_chunk_ids(tokenized, batch_tokens=batch_tokens, overlap=overlap,
-                                     show_progress=show_progress)
+        return self.pooled_chunk_ids(tokenized, skip=self.prompt_skip(prompt), batch_tokens=batch_tokens,
+                                     overlap=overlap, show_progress=show_progress)
 
-    def pooled_chunk_ids(self, documents: Sequence[Sequence[list[int]]], *, batch_tokens: int | None = None,
-                         overlap: int | None = None, show_progress: bool | None = None) -> list[torch.Tensor]:
+    def pooled_chunk_ids(self, documents: Sequence[Sequence[list[int]]], *, skip: int = 0,
+                         batch_tokens: int | None = None, overlap: int | None = None,
+                         show_progress: bool | None = None) -> list[torch.Tensor]:
         """``pooled_contextual`` after tokenization: each document as its chunks' token ids (no special
-        tokens; a prompt's ids lead the first chunk). A server tokenizes on request threads and leaves
-        only this forward work to its model thread."""
-        plans = [plan_from_chunks([list(c) for c in doc], self.template) for doc in documents]
+        tokens; a prompt's ids lead the first chunk, and ``skip`` is ``prompt_skip(prompt)``). A server
+        tokenizes on request threads and leaves only this forward work to its model thread."""
+        plans = [plan_from_chunks([list(c) for c in doc], self.template, skip=skip) for doc in documents]
         return self._late_pool(plans, batch_tokens, overlap, show_progress)
 
     def encode_document(self, text: str, **kwargs) -> DocumentEmbedding:
@@ -190,6 +211,8 @@ class Embedder:
         self,
         texts: Sequence[str],
         *,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
         chunk_tokens: int | None = None,
         batch_tokens: int | None = None,
         precision: str | None = None,
@@ -198,13 +221,20 @@ class Embedder:
         overlap: int | None = None,
         show_progress: bool | None = None,
     ) -> list[DocumentEmbedding]:
+        """Chunk raw texts and late-chunk embed them. The prompt (resolved as in ``encode``) leads
+        each document and belongs to its first chunk; it is tokenized on its own, before the text's
+        tokens, since chunk boundaries come from the text's own token offsets."""
         items = check_texts(texts, what="texts")
         precision = check_precision(precision or self.default_precision)
         dims = check_dimensions(dimensions, self.dim)
+        prompt = self._prompt(prompt, prompt_name)
+        lead, skip = self._lead_ids(prompt), self.prompt_skip(prompt)
         plans, layouts = [], []
         for text in items:
             content, pieces = self._split(text, chunk_tokens)
-            plans.append(plan_from_spans(content, [(p.token_start, p.token_end) for p in pieces], self.template))
+            spans = [(p.token_start + len(lead), p.token_end + len(lead)) for p in pieces]
+            spans[0] = (0, spans[0][1])  # the prompt leads the first chunk
+            plans.append(plan_from_spans(lead + content, spans, self.template, skip=skip))
             layouts.append([(p.char_start, p.char_end) for p in pieces])
         pooled = self._late_pool(plans, batch_tokens, overlap, show_progress)
         return [
@@ -240,7 +270,10 @@ class Embedder:
     # ------------------------------------------------------------------ internals
     def pooled(self, items: list[str], *, prompt: str | None = None, batch_tokens: int | None = None,
                truncate: bool = True, show_progress: bool | None = None) -> torch.Tensor:
-        """Pooled float32 vectors (n, dim) in input order, before truncation or quantization."""
+        """Pooled float32 vectors (n, dim) in input order, before truncation or quantization.
+
+        ``prompt``: None for the model's default prompt, "" for none."""
+        prompt = self._prompt(prompt, None)
         cap = self.window_capacity
         # Only as much of each text is tokenized as the window can keep (see tokenize_heads).
         heads = tokenize_heads(self.tokenizer, [prompt + t for t in items] if prompt else items, cap)
@@ -259,18 +292,26 @@ class Embedder:
                                      show_progress=show_progress)
 
     def prompt_skip(self, prompt: str | None) -> int:
-        """Leading prompt tokens that pooling leaves out (models saved with ``include_prompt=False``)."""
+        """Leading positions pooling leaves out for ``prompt`` (models saved with ``include_prompt=False``).
+
+        Counted as sentence-transformers counts ``prompt_length``: the prompt tokenized alone with
+        special tokens, less a trailing special one. So the leading special tokens ([CLS], BOS) are
+        left out too, and the count is the prompt's own tokens even where the prompt's last token
+        merges with the text's first (sentence-transformers then leaves that text token out as well).
+        """
         if not prompt or self.loaded.spec.include_prompt:
             return 0
-        return len(tokenize_bare(self.tokenizer, [prompt])[0])
+        ids = self.tokenizer(prompt, add_special_tokens=True, truncation=True, max_length=self.max_length)["input_ids"]
+        return len(ids) - (1 if ids and ids[-1] in set(self.tokenizer.all_special_ids) else 0)
 
     def pooled_token_ids(self, seqs: Sequence[list[int]], *, skip: int = 0, batch_tokens: int | None = None,
                          show_progress: bool | None = None) -> torch.Tensor:
         """``pooled`` after tokenization: forward passes and pooling only, (n, dim) float32 in input order.
 
         Each sequence is complete (``template.wrap`` applied, at most ``max_length`` tokens); ``skip``
-        is ``prompt_skip(prompt)`` when the sequences start with a prompt. A server tokenizes on
-        request threads and leaves only this to its model thread.
+        is ``prompt_skip(prompt)`` when the sequences start with a prompt: the first ``skip``
+        positions are left out of pooling. A server tokenizes on request threads and leaves only
+        this to its model thread.
         """
         for i, s in enumerate(seqs):
             if not 0 < len(s) <= self.max_length:
@@ -282,7 +323,7 @@ class Embedder:
             hidden = self._forward(input_ids, mask)
             if skip:
                 mask = mask.clone()
-                mask[:, len(self.template.prefix) : len(self.template.prefix) + skip] = 0
+                mask[:, :skip] = 0
             out[batch] = pool(hidden, mask, self.loaded.pooling).cpu()
         return out
 
@@ -319,17 +360,26 @@ class Embedder:
         out = self.model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev))
         return out.last_hidden_state
 
-    def _prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
+    def resolve_prompt(self, prompt: str | None = None, prompt_name: str | None = None) -> str:
+        """The prompt text a call applies ("" for none): ``prompt`` as given, else the named prompt,
+        else the default prompt, as sentence-transformers' ``encode`` resolves them."""
+        return self._prompt(prompt, prompt_name)
+
+    def _prompt(self, prompt: str | None, prompt_name: str | None) -> str:
         if prompt is not None and prompt_name is not None:
             raise InputError("pass prompt or prompt_name, not both")
-        if prompt_name is not None:
-            if prompt_name not in self.prompts:
-                known = ", ".join(sorted(self.prompts)) or "none"
-                raise InputError(f"the model has no prompt named '{prompt_name}' (known: {known})")
-            return self.prompts[prompt_name]
-        if prompt is not None and not isinstance(prompt, str):
-            raise InputError("prompt must be a string")
-        return prompt or None
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise InputError("prompt must be a string")
+            return prompt
+        if prompt_name is None:
+            prompt_name = self.default_prompt_name
+            if prompt_name is None:
+                return ""
+        if prompt_name not in self.prompts:
+            known = ", ".join(sorted(self.prompts)) or "none"
+            raise InputError(f"the model has no prompt named '{prompt_name}' (known: {known})")
+        return self.prompts[prompt_name]
 
     def _lead_ids(self, prompt: str | None) -> list[int]:
         return list(tokenize_bare(self.tokenizer, [prompt])[0]) if prompt else []

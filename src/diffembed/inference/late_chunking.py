@@ -6,8 +6,10 @@ tokens around it, and the outputs of a later window's first ``overlap`` tokens a
 token is embedded exactly once, with context on both sides (Jina's "long late chunking").
 
 Span ownership: separator tokens between chunks belong to no chunk; the document's leading special
-tokens belong to the first chunk and its trailing ones to the last. A one-chunk document therefore
-pools exactly the tokens that plain ``encode`` pools.
+tokens belong to the first chunk and its trailing ones to the last. A prompt leads the first chunk
+and belongs to it, unless the model pools without its prompt (``include_prompt=False``): then the
+first ``skip`` positions (``Embedder.prompt_skip``: the leading special tokens and the prompt) belong
+to no chunk. A one-chunk document therefore pools exactly the tokens that plain ``encode`` pools.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class Window:
     keep: np.ndarray  # bool per window token: is this output used?
 
 
-def plan_from_chunks(chunk_ids: list[list[int]], template: SpecialTemplate) -> DocumentPlan:
+def plan_from_chunks(chunk_ids: list[list[int]], template: SpecialTemplate, *, skip: int = 0) -> DocumentPlan:
     """Join tokenised chunks with the separator and record which chunk owns each token."""
     content: list[int] = []
     owner: list[int] = [0] * len(template.prefix)
@@ -48,10 +50,12 @@ def plan_from_chunks(chunk_ids: list[list[int]], template: SpecialTemplate) -> D
         content.extend(ids)
         owner.extend([i] * len(ids))
     owner.extend([len(chunk_ids) - 1] * len(template.suffix))
-    return DocumentPlan(content=content, owner=np.asarray(owner, dtype=np.int64), n_chunks=len(chunk_ids))
+    return DocumentPlan(content=content, owner=_skip_prompt(np.asarray(owner, dtype=np.int64), skip),
+                        n_chunks=len(chunk_ids))
 
 
-def plan_from_spans(content: list[int], spans: list[tuple[int, int]], template: SpecialTemplate) -> DocumentPlan:
+def plan_from_spans(content: list[int], spans: list[tuple[int, int]], template: SpecialTemplate, *,
+                    skip: int = 0) -> DocumentPlan:
     """Contiguous text already tokenised: chunks are token ranges of the content."""
     owner = np.full(len(template.prefix) + len(content) + len(template.suffix), -1, dtype=np.int64)
     base = len(template.prefix)
@@ -59,7 +63,15 @@ def plan_from_spans(content: list[int], spans: list[tuple[int, int]], template: 
         owner[base + a : base + b] = i
     owner[:base] = 0
     owner[base + len(content) :] = len(spans) - 1
-    return DocumentPlan(content=content, owner=owner, n_chunks=len(spans))
+    return DocumentPlan(content=content, owner=_skip_prompt(owner, skip), n_chunks=len(spans))
+
+
+def _skip_prompt(owner: np.ndarray, skip: int) -> np.ndarray:
+    """Leave the first ``skip`` positions out of the first chunk (never out of a later one, should a
+    prompt counted alone be longer than the tokens it became next to the text)."""
+    head = owner[:skip]
+    head[head == 0] = -1
+    return owner
 
 
 def window_bounds(n_content: int, capacity: int, overlap: int) -> list[tuple[int, int, int]]:

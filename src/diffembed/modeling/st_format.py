@@ -246,10 +246,6 @@ def write_st_files(folder: str | Path, st: STFolder) -> None:
         raise ValueError("diffembed does not write pplx's st_quantize module (it is remote code)")
     if st.pooling is None:
         raise ValueError("a sentence-transformers folder needs a Pooling module to give one vector per text")
-    if st.model.default_prompt_name is not None:
-        # sentence-transformers applies it to every encode; Embedder does not (yet), so the two would
-        # give different vectors for the same folder.
-        raise ValueError("diffembed does not write a default prompt: Embedder does not apply one")
     modules = [("Transformer", ""), ("Pooling", POOLING_DIR)] + ([("Normalize", NORMALIZE_DIR)] if st.normalize else [])
     _write_json(root / MODULES_FILE, [{"idx": i, "name": str(i), "path": path, "type": _MODULE_TYPES[kind]}
                                       for i, (kind, path) in enumerate(modules)])
