@@ -274,7 +274,7 @@ def test_cli_bulk_embed_txt(local_ray, tiny, tmp_path, monkeypatch, capsys):
     assert code == 0, err
     summary = json.loads(stdout)  # stdout holds only the JSON; Ray's logs go to stderr
     assert (summary["rows"], summary["dim"], summary["dtype"], summary["output"]) == (12, 16, "int8", str(out))
-    assert summary["seconds"] > 0 and summary["rows_per_second"] == pytest.approx(12 / summary["seconds"], rel=0.01)
+    assert summary["seconds"] > 0 and summary["rows_per_second"] == pytest.approx(12 / summary["seconds"], abs=0.051)  # rounded to 0.1
 
     table = pq.read_table(out)
     assert table.schema.field("embedding").type == pa.list_(pa.int8(), 16)

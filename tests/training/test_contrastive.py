@@ -324,3 +324,37 @@ def test_training_lifts_retrieval_on_real_text(tmp_path):
     out = run_recipe(cfg, progress=False)["pairs"]
     after = evaluate(ds, DiffembedSystem(Embedder(str(out), device="cpu")), Grid())[0]["ndcg@10"]
     assert before < 0.15 and after > 2 * before + 0.1, (before, after)
+
+
+def test_two_process_gloo_ddp_equals_one_process(tiny, tmp_path):
+    """torchrun with 2 CPU processes, each with half the batch and the other's documents gathered as
+    negatives, gives the losses of one process with the whole batch."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from diffembed.training.stages import run_recipe
+
+    _, pairs = tiny
+    model = build_tiny(tmp_path / "nodrop", "bert")
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # same function in both runs
+    (model / "config.json").write_text(json.dumps(cfg))
+    one = recipe(tmp_path / "one", model, pairs, train={"steps": 4})
+    run_recipe(one, progress=False)
+    two = recipe(tmp_path / "two", model, pairs, train={"steps": 4})
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(two.model_dump(mode="json")))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "diffembed", "train", "-c", str(path), "-q"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    def losses(out):
+        return [r["loss"] for r in read_log(out / "pairs" / "metrics.jsonl") if r["kind"] == "train"]
+
+    assert len(losses(tmp_path / "two")) == 4
+    np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)

@@ -60,17 +60,21 @@ def build_loss(model, stage: StageConfig, guide=None) -> nn.Module:
     scale = 1.0 / cfg.temperature
     # symmetric: the mean of the two cross-entropies (query -> documents, document -> queries)
     partition = "per_direction" if cfg.symmetric else "joint"
+    # Under DDP every process scores its queries against the documents of all processes.
+    gather = torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
     if cfg.false_negative_margin is not None:
         kind = losses.CachedGISTEmbedLoss if cfg.mini_batch_size else losses.GISTEmbedLoss
         kw: dict[str, Any] = {"mini_batch_size": cfg.mini_batch_size, "show_progress_bar": False} if cfg.mini_batch_size else {}
         loss = kind(model, guide, temperature=cfg.temperature, margin_strategy=cfg.margin_strategy,
-                    margin=cfg.false_negative_margin, **kw)
+                    margin=cfg.false_negative_margin, gather_across_devices=gather, **kw)
     elif cfg.mini_batch_size:
         loss = losses.CachedMultipleNegativesRankingLoss(model, scale=scale, directions=directions,
-                                                        partition_mode=partition,
+                                                        partition_mode=partition, gather_across_devices=gather,
                                                         mini_batch_size=cfg.mini_batch_size, show_progress_bar=False)
     else:
-        loss = losses.MultipleNegativesRankingLoss(model, scale=scale, directions=directions, partition_mode=partition)
+        loss = losses.MultipleNegativesRankingLoss(model, scale=scale, directions=directions, partition_mode=partition,
+                                                   gather_across_devices=gather)
     if cfg.matryoshka_dims:
         dim = model.get_embedding_dimension()
         dims = [dim] + [d for d in cfg.matryoshka_dims if d < dim]
@@ -107,6 +111,8 @@ class LossModel(nn.Module):
 
 class ContrastiveTask(TrainingTask):
     """One pairs/triplets stage: start folder -> trained sentence-transformers folder."""
+
+    find_unused_parameters = True  # e.g. BERT's pooler: loaded with the model, unused by mean pooling
 
     def __init__(self, stage: StageConfig, start: str | Path, *, max_length: int | None = None,
                  provenance: dict[str, Any] | None = None):

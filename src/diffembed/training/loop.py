@@ -66,6 +66,8 @@ class TrainingTask(ABC):
 
     name: str = "train"  # the progress bar's label
     metrics: StepMetrics = StepMetrics()
+    # DDP must be told when some weights get no gradient (e.g. BERT's pooler under mean pooling).
+    find_unused_parameters: bool = False
 
     @abstractmethod
     def build_model(self) -> nn.Module:
@@ -101,13 +103,15 @@ class TrainingTask(ABC):
         return {"loss": f"{record['loss']:.3f}"}
 
 
-def make_accelerator(train):
+def make_accelerator(train, *, find_unused_parameters: bool = False):
     Accelerator = require("accelerate", "train", "training").Accelerator
-    from accelerate.utils import DistributedType
+    from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 
     use_bf16 = train.precision == "bf16" or (train.precision == "auto" and torch.cuda.is_available())
     # cpu=True is what makes accelerate set up gloo under torchrun when there is no GPU.
     kwargs: dict[str, Any] = {"mixed_precision": "bf16" if use_bf16 else "no", "cpu": not torch.cuda.is_available()}
+    if find_unused_parameters:
+        kwargs["kwargs_handlers"] = [DistributedDataParallelKwargs(find_unused_parameters=True)]
     if train.distributed == "fsdp":
         from accelerate import FullyShardedDataParallelPlugin
 
@@ -150,7 +154,7 @@ def run_training(task: TrainingTask, cfg: LoopConfig, *, resume: str | None = "a
         torch.set_num_threads(train.threads)
     set_seed = require("accelerate.utils", "train", "training").set_seed
 
-    accelerator = make_accelerator(train)
+    accelerator = make_accelerator(train, find_unused_parameters=task.find_unused_parameters)
     set_seed(train.seed)
     out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"
