@@ -17,6 +17,7 @@ from diffembed.cli.eval import eval_command
 from diffembed.cli.index import index_app, search
 from diffembed.cli.info import info
 from diffembed.cli.merge import merge
+from diffembed.cli.mine import mine
 from diffembed.cli.pretrain import pretrain
 from diffembed.cli.serve import serve
 from diffembed.cli.train import train
@@ -39,6 +40,7 @@ app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options"
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train)
 app.command(name="convert-gguf")(convert_gguf_command)
 app.command()(merge)
+app.command()(mine)
 app.add_typer(data_app, name="data")
 app.add_typer(index_app, name="index")
 app.command()(search)
