@@ -7,6 +7,10 @@ and reports embeddings/s and p50/p99 request latency. The peer is the offline th
 ``Embedder.encode`` on the same texts, measured in this process while the server is idle. Server and
 load generator share the machine's cores, which is the honest setting for a one-box deployment.
 
+CPU seconds are recorded too (offline process, server process, load generator), per text. Unlike
+throughput they barely move when other work shares the machine, and they bound what any scheduling
+could reach: the server cannot beat offline by more than offline CPU / (server + generator CPU).
+
 Reproduce:
     .venv/bin/python benchmarks/serve_throughput.py --json bench_out/serve_throughput.json
 """
@@ -37,11 +41,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, model: str | None) -> subprocess.Popen:
+def start_server(port: int, model: str | None, env: dict[str, str] | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "diffembed.cli.app", "serve", "--host", "127.0.0.1", "--port", str(port)]
     if model:
         cmd += ["--model", model]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
     import httpx
 
     deadline = time.monotonic() + 120
@@ -58,9 +62,17 @@ def start_server(port: int, model: str | None) -> subprocess.Popen:
     sys.exit("server did not become healthy within 120 s")
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _load_worker(url: str, texts: list[str], concurrency: int, max_seconds: float, out: mp.Queue) -> None:
     """Runs in its own process: `concurrency` threads pull texts from a shared cursor until done."""
     import httpx
+
+    cpu0 = time.process_time()
 
     lock = threading.Lock()
     cursor = [0]
@@ -94,7 +106,8 @@ def _load_worker(url: str, texts: list[str], concurrency: int, max_seconds: floa
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    out.put({"wall": wall, "latencies": latencies, "vectors": vectors, "errors": errors[:5], "n_errors": len(errors)})
+    out.put({"wall": wall, "latencies": latencies, "vectors": vectors, "errors": errors[:5], "n_errors": len(errors),
+             "cpu": time.process_time() - cpu0})
 
 
 def run_load(url: str, texts: list[str], concurrency: int, max_seconds: float) -> dict:
@@ -113,10 +126,14 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--max-seconds", type=float, default=180, help="cap per concurrency level")
     ap.add_argument("--model", default=None, help="model folder (default: packaged all-MiniLM-L6-v2)")
+    ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment for the server process only, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    print(f"load average at start: {load_at_start}")
     from diffembed import Embedder
 
     emb = Embedder(args.model, show_progress=False)
@@ -125,39 +142,52 @@ def main() -> None:
     lengths = [len(x) for x in emb.tokenizer(pool, add_special_tokens=False)["input_ids"]]
     texts = [t for t, n in zip(pool, lengths) if n <= emb.window_capacity][: args.n]
     emb.encode(texts[:64])  # warm-up
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     offline = emb.encode(texts)
-    offline_s = time.perf_counter() - t0
+    offline_s, offline_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     offline_rate = len(texts) / offline_s
+    offline_cpu_ms = 1000 * offline_cpu / len(texts)
     del emb
-    print(f"offline Embedder.encode: {offline_rate:.1f} texts/s ({len(texts)} texts, {offline_s:.1f} s)")
+    print(f"offline Embedder.encode: {offline_rate:.1f} texts/s ({len(texts)} texts, {offline_s:.1f} s, "
+          f"{offline_cpu_ms:.1f} CPU ms/text)")
 
     port = free_port()
-    server = start_server(port, args.model)
+    server_env = dict(kv.split("=", 1) for kv in args.server_env)
+    server = start_server(port, args.model, server_env)
     url = f"http://127.0.0.1:{port}/v1/embeddings"
     rows = []
     try:
         run_load(url, texts[:32], 4, 60)  # warm-up
         for c in args.concurrency:
+            server_cpu0 = process_cpu_s(server.pid)
             res = run_load(url, texts, c, args.max_seconds)
+            server_cpu = process_cpu_s(server.pid) - server_cpu0
             lat = np.asarray(res["latencies"]) * 1000
             done = len(res["vectors"])
             got = np.asarray([res["vectors"][i] for i in sorted(res["vectors"])], dtype=np.float32)
             ref = offline[sorted(res["vectors"])]
             cos_min = float(np.min(np.sum(got * ref, axis=1))) if done else float("nan")
             rate = done / res["wall"]
+            n = max(done + res["n_errors"], 1)
+            cpu = {"server_cpu_ms_per_request": round(1000 * server_cpu / n, 2),
+                   "loadgen_cpu_ms_per_request": round(1000 * res["cpu"] / n, 2)}
+            # What the CPU spent allows, were every core busy all the time: offline CPU over server + generator.
+            cpu["cpu_bound_ratio"] = round(offline_cpu_ms / (cpu["server_cpu_ms_per_request"] +
+                                                             cpu["loadgen_cpu_ms_per_request"]), 3)
             rows.append({
                 "concurrency": c, "requests": done, "errors": res["n_errors"], "error_samples": res["errors"],
                 "seconds": round(res["wall"], 3), "embeddings_per_s": round(rate, 2),
                 "ratio_vs_offline": round(rate / offline_rate, 3),
                 "p50_ms": round(float(np.percentile(lat, 50)), 1) if done else None,
                 "p99_ms": round(float(np.percentile(lat, 99)), 1) if done else None,
-                "min_cosine_vs_offline": round(cos_min, 6),
+                "min_cosine_vs_offline": round(cos_min, 6), **cpu,
             })
             r = rows[-1]
             print(f"concurrency {c:>3}: {rate:7.1f} emb/s = {r['ratio_vs_offline']:.2f}x offline, "
                   f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, {done} ok, {res['n_errors']} errors, "
-                  f"min cosine {cos_min:.6f}")
+                  f"min cosine {cos_min:.6f}; CPU ms/request: server {cpu['server_cpu_ms_per_request']}, "
+                  f"generator {cpu['loadgen_cpu_ms_per_request']} (offline {offline_cpu_ms:.1f}/text: "
+                  f"at most {cpu['cpu_bound_ratio']:.2f}x)")
         import httpx
 
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
@@ -175,8 +205,11 @@ def main() -> None:
         "machine": machine_info(),
         "model": args.model or "packaged all-MiniLM-L6-v2",
         "texts": len(texts),
+        "server_env": server_env,
         "request": "one text per POST /v1/embeddings, encoding_format=float",
         "offline_texts_per_s": round(offline_rate, 2),
+        "offline_cpu_ms_per_text": round(offline_cpu_ms, 2),
+        "load_average_at_start": load_at_start,
         "levels": rows,
         "server_batch_metrics": [ln for ln in metrics.splitlines() if "batch" in ln and not ln.startswith("#")][:12],
     }
