@@ -34,6 +34,21 @@ def vectors(response) -> np.ndarray:
     return np.array([d["embedding"] for d in response.json()["data"]], dtype=np.float32)
 
 
+def test_the_default_prompt_applies_when_a_request_names_none(tiny_dir, tmp_path):
+    """A model whose config names a default prompt: the server embeds as Embedder.encode does."""
+    folder = tmp_path / "bert"
+    shutil.copytree(tiny_dir("bert"), folder)
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": {"query": "the city of "}, "default_prompt_name": "query", "similarity_fn_name": "cosine"}))
+    emb = Embedder(str(folder), show_progress=False)
+    with TestClient(create_app(emb)) as c:
+        got = vectors(c.post("/v1/embeddings", json={"input": TEXTS}))
+        tei = np.array(c.post("/embed", json={"inputs": TEXTS}).json(), dtype=np.float32)
+    np.testing.assert_allclose(got, emb.encode(TEXTS, precision="float32"), atol=1e-5)
+    np.testing.assert_allclose(tei, got, atol=1e-5)
+    assert not np.allclose(got, emb.encode(TEXTS, prompt="", precision="float32"), atol=1e-3)
+
+
 def test_prompt_name_uses_the_model_prompt(prompted):
     with TestClient(create_app(prompted)) as c:
         got = vectors(c.post("/v1/embeddings", json={"input": TEXTS, "prompt_name": "query"}))

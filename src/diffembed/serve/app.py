@@ -71,12 +71,11 @@ def create_app(embedder, settings: ServeSettings | None = None, searcher=None) -
                            "invalid_dimensions")
 
     def resolve_prompt(prompt_name: str | None) -> str | None:
-        if prompt_name is None:
-            return None
-        if prompt_name not in embedder.prompts:
+        """The named prompt, else the model's default prompt (as Embedder.encode resolves them)."""
+        if prompt_name is not None and prompt_name not in embedder.prompts:
             known = ", ".join(sorted(embedder.prompts)) or "none"
             raise ApiError(400, f"the model has no prompt named '{prompt_name}' (known: {known})", "invalid_prompt")
-        return embedder.prompts[prompt_name] or None
+        return embedder.resolve_prompt(prompt_name=prompt_name) or None
 
     def check_count(n: int, limit: int, what: str) -> None:
         if n > limit:
