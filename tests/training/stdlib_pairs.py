@@ -35,6 +35,11 @@ def stdlib_pairs() -> list[dict]:
                 if not (inspect.isfunction(o) or inspect.isclass(o) or inspect.isbuiltin(o)
                         or inspect.ismethoddescriptor(o)):
                     continue
+                # Only what the module itself defines: what else it holds depends on which other
+                # modules were imported first (the task must not change with test order).
+                # (transformers, for one, adds methods to logging.Logger).
+                if getattr(obj, "__module__", None) != name or getattr(o, "__module__", None) not in (name, None):
+                    continue
                 doc = inspect.getdoc(o)
                 paras = [p.strip() for p in (doc or "").split("\n\n") if p.strip()]
                 if len(paras) < 2:
@@ -43,6 +48,11 @@ def stdlib_pairs() -> list[dict]:
                 if len(first.split()) >= 4 and len(rest.split()) >= 10:
                     found.setdefault(first, (key, rest[:600]))
     return [{"id": k, "query": q, "positive": p} for q, (k, p) in sorted(found.items())]
+
+
+def task_digest() -> str:
+    """A fingerprint of the task's text, to check it is the same whatever ran before."""
+    return hashlib.sha256(json.dumps(stdlib_pairs()).encode()).hexdigest()[:16]
 
 
 def is_dev(row: dict) -> bool:
@@ -64,23 +74,32 @@ def write_task(root: Path) -> tuple[Path, Path, list[str]]:
     return root / "train.jsonl", dev_dir, [r["query"] + " " + r["positive"] for r in train]
 
 
-def tiny_bert_for(texts: list[str], folder: Path, hidden: int = 64, seed: int = 0) -> Path:
-    """A random 2-layer BERT with a WordPiece vocabulary trained on `texts` (so real text is not all [UNK])."""
+def tiny_bert_for(texts: list[str], folder: Path, hidden: int = 64, seed: int = 0, vocab_size: int = 3000) -> Path:
+    """A random 2-layer BERT with a word vocabulary of `texts` (so real text is not all [UNK]).
+
+    The vocabulary is the most frequent words, ties broken alphabetically: tokenizers' own trainers
+    break ties in hash order, which made the task change from one run to the next."""
+    from collections import Counter
+
     import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(
-        vocab_size=2000, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False))
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts = Counter(w for t in texts for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(t)))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][: vocab_size - len(specials)]
+    vocab = {tok: i for i, tok in enumerate(specials + words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]")
     torch.manual_seed(seed)
-    model = BertModel(BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=2,
+    model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2,
                                  num_attention_heads=4, intermediate_size=2 * hidden, max_position_embeddings=256))
     model.save_pretrained(folder)
     fast.save_pretrained(folder)

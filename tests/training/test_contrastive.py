@@ -306,7 +306,8 @@ def test_resume_after_an_interruption_continues_the_same_run(tiny, tmp_path):
 # ------------------------------------------------------------------------------------------ real text
 def test_training_lifts_retrieval_on_real_text(tmp_path):
     """Standard-library docstrings (first paragraph -> the rest), a random 2-layer BERT with a
-    vocabulary of that text: 30 steps of pairs training lift dev nDCG@10 far above its start."""
+    vocabulary of that text: 30 steps of pairs training lift dev nDCG@10 far above its start
+    (0.102 -> 0.346 when written; the task, vocabulary and seeds are fixed, so the run is deterministic)."""
     from diffembed import Embedder
     from diffembed.eval.datasets import load_dataset
     from diffembed.eval.runner import DiffembedSystem, Grid, evaluate
@@ -323,7 +324,7 @@ def test_training_lifts_retrieval_on_real_text(tmp_path):
                                                   "eval": {"every": 1000}, "optim": {"lr": 3e-3}}]})
     out = run_recipe(cfg, progress=False)["pairs"]
     after = evaluate(ds, DiffembedSystem(Embedder(str(out), device="cpu")), Grid())[0]["ndcg@10"]
-    assert before < 0.15 and after > 2 * before + 0.1, (before, after)
+    assert after > before + 0.12 and after > 2 * before, (before, after)
 
 
 def test_two_process_gloo_ddp_equals_one_process(tiny, tmp_path):

@@ -52,10 +52,12 @@ class SentenceTransformersSystem:
     system = "sentence-transformers"
     supports_late = False
 
-    def __init__(self, path: str, device: str | None = None):
-        SentenceTransformer = require("sentence_transformers", "eval", "a sentence-transformers baseline").SentenceTransformer
-
-        self.model = SentenceTransformer(path, device=device or "cpu")
+    def __init__(self, path: str, device: str | None = None, *, model=None):
+        """A folder to load, or (``model=``) a live SentenceTransformer, e.g. one being trained."""
+        if model is None:
+            SentenceTransformer = require("sentence_transformers", "eval", "a sentence-transformers baseline").SentenceTransformer
+            model = SentenceTransformer(path, device=device or "cpu")
+        self.model = model
         self.name = path
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
@@ -64,7 +66,7 @@ class SentenceTransformersSystem:
         self.doc_prompt = next((p for p in ("document", "passage") if p in prompts), None)
 
     def _encode(self, texts: list[str], prompt_name: str | None) -> torch.Tensor:
-        return self.model.encode(texts, prompt_name=prompt_name, convert_to_tensor=True, show_progress_bar=False).cpu()
+        return self.model.encode(texts, prompt_name=prompt_name, convert_to_tensor=True, show_progress_bar=False).float().cpu()
 
     def queries(self, texts: list[str]) -> torch.Tensor:
         return self._encode(texts, self.query_prompt)

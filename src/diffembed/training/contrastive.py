@@ -203,12 +203,14 @@ class ContrastiveTask(TrainingTask):
     def evaluate(self, model, accelerator) -> list[dict[str, Any]]:
         if self.dev is None or not accelerator.is_main_process:
             return []
-        from diffembed.eval.runner import Grid, evaluate
+        from diffembed.eval.runner import Grid, SentenceTransformersSystem, evaluate
 
         st = accelerator.unwrap_model(model).model
         st.eval()
         with torch.no_grad():
-            rows = evaluate(self.dev, _LiveSystem(st, self.stage.name), Grid(max_queries=self.stage.data.dev_max_queries))
+            # the model's own output: quantized under int8/binary QAT
+            system = SentenceTransformersSystem(self.stage.name, model=st)
+            rows = evaluate(self.dev, system, Grid(max_queries=self.stage.data.dev_max_queries))
         st.train()
         r = rows[0]
         return [{"set": "dev", "precision": _live_precision(self.stage), "ndcg@10": r["ndcg@10"],
@@ -238,27 +240,3 @@ class ContrastiveTask(TrainingTask):
 def _live_precision(stage: StageConfig) -> str:
     q = stage.loss.quantization
     return "float32" if q in ("float", "mixed") else q
-
-
-class _LiveSystem:
-    """The model being trained, as an eval system: its own output (quantized when QAT is on)."""
-
-    system = "diffembed-training"
-    supports_late = False
-
-    def __init__(self, st, name: str):
-        self.model, self.name = st, name
-        self.dim = int(st.get_embedding_dimension())
-        prompts = st.prompts or {}
-        self.query_prompt = "query" if "query" in prompts else None
-        self.doc_prompt = next((p for p in ("document", "passage") if p in prompts), None)
-
-    def _encode(self, texts, prompt_name):
-        return self.model.encode(texts, prompt_name=prompt_name, convert_to_tensor=True, show_progress_bar=False,
-                                 batch_size=64).float().cpu()
-
-    def queries(self, texts):
-        return self._encode(texts, self.query_prompt)
-
-    def passages(self, texts):
-        return self._encode(texts, self.doc_prompt)
