@@ -287,8 +287,8 @@ def test_same_negatives_as_sentence_transformers(tmp_path, minilm):
     from diffembed.training.mining import RuntimeEncoder
 
     every = stdlib_pairs()
-    rows = every[::30][:30]
-    extra = [r["positive"] for r in every[7::30][:15]]
+    rows = every[::20][:30]
+    extra = [r["positive"] for r in every[7::20][:15]]
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"query": r["query"], "positive": r["positive"]} for r in rows])
     (tmp_path / "extra.txt").write_text("\n".join(extra) + "\n", encoding="utf-8")
     st = SentenceTransformer(str(minilm.loaded.spec.path), device="cpu")
