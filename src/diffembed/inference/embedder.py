@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from diffembed.errors import InputError
 from diffembed.inference.batching import token_budget_batches
 from diffembed.inference.chunking import split_chunks
-from diffembed.inference.late_chunking import DocumentPlan, make_windows, plan_from_chunks, plan_from_spans
+from diffembed.inference.late_chunking import (DocumentPlan, kept_owner, plan_from_chunks, plan_from_spans,
+                                               plan_windows, tokenize_documents)
 from diffembed.inference.pooling import accumulate_spans, pool
 from diffembed.inference.quantize import check_dimensions, check_precision, empty_output, finalize
 from diffembed.inference.tokens import special_template, tokenize_bare, tokenize_heads, tokenize_with_offsets
@@ -177,18 +178,7 @@ class Embedder:
         ``prompt``: None for the model's default prompt, "" for none."""
         docs = check_documents(documents)
         prompt = self._prompt(prompt, None)
-        # The prompt is tokenized with the first chunk's text, as ``pooled`` tokenizes prompt + text
-        # (a BPE prompt ending in a space merges with the next word).
-        flat_ids = tokenize_bare(self.tokenizer, [prompt + c if prompt and c_i == 0 else c
-                                                  for doc in docs for c_i, c in enumerate(doc)])
-        tokenized, k = [], 0
-        for d, doc in enumerate(docs):
-            chunk_ids = flat_ids[k : k + len(doc)]
-            k += len(doc)
-            for c, ids in enumerate(chunk_ids):
-                if not ids:
-                    raise InputError(f"documents[{d}][{c}] produced no tokens")
-            tokenized.append(chunk_ids)
+        tokenized = tokenize_documents(self.tokenizer, docs, prompt)
         return self.pooled_chunk_ids(tokenized, skip=self.prompt_skip(prompt), batch_tokens=batch_tokens,
                                      overlap=overlap, show_progress=show_progress)
 
@@ -329,9 +319,7 @@ class Embedder:
 
     def _late_pool(self, plans: list[DocumentPlan], batch_tokens: int | None, overlap: int | None,
                    show_progress: bool | None) -> list[torch.Tensor]:
-        cap = self.window_capacity
-        ov = min(128, cap // 4) if overlap is None else int(overlap)
-        windows = [w for d, plan in enumerate(plans) for w in make_windows(d, plan, self.template, self.max_length, ov)]
+        windows = plan_windows(plans, self.template, self.max_length, overlap)
         sums = [torch.zeros(p.n_chunks, self.dim) for p in plans]
         counts = [torch.zeros(p.n_chunks) for p in plans]
         batches = token_budget_batches([len(w.ids) for w in windows], self._budget(batch_tokens))
@@ -341,7 +329,7 @@ class Embedder:
             for row, wi in enumerate(batch):
                 w = windows[wi]
                 states = hidden[row, : len(w.ids)][torch.from_numpy(w.keep)]
-                owner = torch.from_numpy(plans[w.doc].owner[w.positions[w.keep]])
+                owner = torch.from_numpy(kept_owner(plans[w.doc], w))
                 accumulate_spans(sums[w.doc], counts[w.doc], states, owner)
         return [s / c.clamp(min=1).unsqueeze(-1) for s, c in zip(sums, counts)]
 

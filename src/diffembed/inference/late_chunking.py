@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from diffembed.errors import InputError
-from diffembed.inference.tokens import SpecialTemplate
+from diffembed.inference.tokens import SpecialTemplate, tokenize_bare
 
 
 @dataclass
@@ -105,3 +105,42 @@ def make_windows(doc: int, plan: DocumentPlan, template: SpecialTemplate, max_le
         ]).astype(bool)
         windows.append(Window(doc=doc, ids=ids, positions=positions, keep=keep))
     return windows
+
+
+# ---------------------------------------------------------------------------- shared with training
+# The runtime (Embedder) and the contextual training stage both go through these, so a chunk is
+# pooled over the same tokens, windows and separators in training as at inference.
+
+
+def default_overlap(capacity: int) -> int:
+    """Window overlap when the caller gives none: a quarter of the window, at most 128 tokens."""
+    return min(128, capacity // 4)
+
+
+def tokenize_documents(tokenizer, documents: list[list[str]], prompt: str = "") -> list[list[list[int]]]:
+    """Each document's chunks as token ids (no special tokens). The prompt is tokenized with the first
+    chunk's text, as plain encoding tokenizes prompt + text (a BPE prompt ending in a space merges
+    with the next word)."""
+    flat_ids = tokenize_bare(tokenizer, [prompt + c if prompt and c_i == 0 else c
+                                         for doc in documents for c_i, c in enumerate(doc)])
+    tokenized, k = [], 0
+    for d, doc in enumerate(documents):
+        chunk_ids = flat_ids[k : k + len(doc)]
+        k += len(doc)
+        for c, ids in enumerate(chunk_ids):
+            if not ids:
+                raise InputError(f"documents[{d}][{c}] produced no tokens")
+        tokenized.append([list(ids) for ids in chunk_ids])
+    return tokenized
+
+
+def plan_windows(plans: list[DocumentPlan], template: SpecialTemplate, max_length: int,
+                 overlap: int | None = None) -> list[Window]:
+    """All windows of all documents, in document order (``overlap`` None: ``default_overlap``)."""
+    ov = default_overlap(max_length - template.n_special) if overlap is None else int(overlap)
+    return [w for d, plan in enumerate(plans) for w in make_windows(d, plan, template, max_length, ov)]
+
+
+def kept_owner(plan: DocumentPlan, window: Window) -> np.ndarray:
+    """The owning chunk (-1: none) of each kept output of the window, in window order."""
+    return plan.owner[window.positions[window.keep]]
