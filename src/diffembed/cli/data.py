@@ -178,3 +178,59 @@ def pairs(
                       highlight=False, soft_wrap=True)
     if as_json:
         print_json(summary)
+
+
+_CONTEXTUAL_HELP = (
+    "Build contextual training documents from real multi-section pages on this machine: each page's "
+    "sections (headings removed, in order) are its chunks, and each section's query is 'Page title: "
+    "Heading' (man: 'name(section): HEADING'), which only the document's context ties to its chunk.\n\n"
+    "Sources: python-doc (python3.11-doc, faq/ excluded), linux-doc (linux-doc-6.1), man (manpages, "
+    "manpages-dev). A section over --max-chunk-chars is cut at paragraph boundaries into several chunks "
+    "and its query points at the first; pages with fewer than 2 usable sections are dropped.\n\n"
+    "OUT gets train.jsonl and dev.jsonl (id, source, title, chunks, queries [{query, chunk}]), "
+    "dev-contextual/ (the dev documents as a contextual dataset for `diffembed eval --mode both`) and "
+    "build.json. Reserved for evaluation and refused: SQuAD/KorQuAD, python3.11-doc's faq/, LibreOffice help."
+)
+
+
+@data_app.command(help=_CONTEXTUAL_HELP)
+def contextual(
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (replaced whole; only an earlier contextual "
+                                                     "build or an empty folder is accepted)."),
+    source: list[str] = typer.Option(None, "--source", "-s", help="python-doc, linux-doc or man; repeat for "
+                                                                  "several (default: all three)."),
+    dev_fraction: float = typer.Option(0.02, "--dev-fraction", help="Share of documents held out as dev, by "
+                                                                   "blake2b hash of the page (the same pages as "
+                                                                   "`data pairs`)."),
+    min_chunk_chars: int = typer.Option(80, "--min-chunk-chars", help="Shorter sections are dropped."),
+    max_chunk_chars: int = typer.Option(1500, "--max-chunk-chars", help="Longer sections are cut into several "
+                                                                        "chunks at paragraph boundaries."),
+    min_query_chars: int = typer.Option(8, "--min-query-chars"),
+    max_query_chars: int = typer.Option(300, "--max-query-chars"),
+    python_doc: Path = typer.Option(None, "--python-doc", help="Python reST sources (default "
+                                                               "/usr/share/doc/python3.11/html/_sources)."),
+    linux_doc: Path = typer.Option(None, "--linux-doc", help="Kernel reST sources (default "
+                                                             "/usr/share/doc/linux-doc-6.1/Documentation)."),
+    man_dir: list[Path] = typer.Option(None, "--man-dir", help="Read man pages from DIR/man*/ instead of the "
+                                                               "manpages and manpages-dev packages; repeatable."),
+    as_json: bool = typer.Option(False, "--json", help="Also print the summary as JSON on stdout."),
+) -> None:
+    """Build contextual training documents (help: _CONTEXTUAL_HELP); counts go to stderr, and to stdout with --json."""
+    from diffembed.cli.common import err_console
+    from diffembed.training.data.contextual import SOURCES, Limits, build_contextual
+
+    limits = Limits(min_chunk_chars, max_chunk_chars, min_query_chars, max_query_chars)
+    result = build_contextual(out, source or SOURCES, limits=limits, dev_fraction=dev_fraction,
+                              python_doc=python_doc, linux_doc=linux_doc, man_dirs=man_dir or None)
+    summary = result.to_dict()
+    err_console.print(f"{'source':<11} {'pages':>6} {'documents':>9} {'train':>6} {'dev':>5} {'chunks':>7} "
+                      f"{'queries':>7}  dropped / skipped", highlight=False, soft_wrap=True)
+    for name, c in summary["sources"].items():
+        notes = ", ".join(f"{k} {v}" for k, v in {**c["dropped"], **c["skipped"]}.items()) or "-"
+        err_console.print(f"{name:<11} {c['pages']:>6} {c['documents']:>9} {c['train']:>6} {c['dev']:>5} "
+                          f"{c['chunks']:>7} {c['queries']:>7}  {notes}", highlight=False, soft_wrap=True)
+    err_console.print(f"Wrote {summary['train']} train and {summary['dev']} dev documents to {summary['out_dir']}"
+                      + (f" (contextual dev set: {summary['dev_contextual']})" if summary["dev_contextual"] else ""),
+                      highlight=False, soft_wrap=True)
+    if as_json:
+        print_json(summary)

@@ -177,10 +177,8 @@ def dir_pages(root: Path) -> list[Path]:
     return sorted(p for p in found if not p.is_symlink() and _PAGE_NAME.match(strip_compression(p.name)))
 
 
-def man_pairs(counts: SourceCounts, *, dirs: list[Path] | None = None,
-              packages: tuple[str, ...] = DEFAULT_PACKAGES, progress: bool | None = None) -> Iterator[RawPair]:
-    from tqdm.auto import tqdm
-
+def man_files(dirs: list[Path] | None = None, packages: tuple[str, ...] = DEFAULT_PACKAGES) -> list[Path]:
+    """The pages to read: those in ``dirs`` (each refused if reserved), else the packages' own."""
     if dirs:
         files: list[Path] = []
         for d in dirs:
@@ -190,6 +188,14 @@ def man_pairs(counts: SourceCounts, *, dirs: list[Path] | None = None,
         files = package_pages(packages)
     if not files:
         raise DataFileError("man: no man pages found" + (f" in {', '.join(map(str, dirs))}" if dirs else ""))
+    return files
+
+
+def man_pairs(counts: SourceCounts, *, dirs: list[Path] | None = None,
+              packages: tuple[str, ...] = DEFAULT_PACKAGES, progress: bool | None = None) -> Iterator[RawPair]:
+    from tqdm.auto import tqdm
+
+    files = man_files(dirs, packages)
     for path in tqdm(files, desc="man", unit="page", disable=None if progress is None else not progress, leave=False):
         if reserved_reason(path):
             counts.skipped["reserved_for_evaluation"] += 1

@@ -267,19 +267,19 @@ def _jsonl(rows: Iterable[dict]) -> Iterator[str]:
         yield json.dumps(row, ensure_ascii=False) + "\n"
 
 
-def check_out_dir(out: Path) -> None:
-    """--out is replaced whole: refuse a folder that is not an earlier pairs build."""
+def check_out_dir(out: Path, kind: str = "pairs") -> None:
+    """--out is replaced whole: refuse a folder that is not an earlier build of this ``kind``."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         marker = out / "build.json"
         try:
-            kind = json.loads(marker.read_text(encoding="utf-8")).get("kind") if marker.is_file() else None
+            found = json.loads(marker.read_text(encoding="utf-8")).get("kind") if marker.is_file() else None
         except (OSError, ValueError):
-            kind = None
-        if kind != "pairs":
-            raise InputError(f"--out {out} is a non-empty folder that is not a pairs build (no build.json "
-                             "of kind 'pairs'); it would be replaced, so choose a new folder")
+            found = None
+        if found != kind:
+            raise InputError(f"--out {out} is a non-empty folder that is not a {kind} build (no build.json "
+                             f"of kind '{kind}'); it would be replaced, so choose a new folder")
 
 
 def write_pairs(out: Path, pairs: list[Pair], counts: dict[str, SourceCounts], settings: dict,
