@@ -359,3 +359,29 @@ def test_two_process_gloo_ddp_equals_one_process(tiny, tmp_path):
 
     assert len(losses(tmp_path / "two")) == 4
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
+
+
+def test_a_decoder_trains_bidirectional_as_the_runtime_embeds_it(tmp_path):
+    """The runtime makes decoders bidirectional; a stage starting from a causal decoder folder must
+    train that same function, and its export must load bidirectional everywhere."""
+    from diffembed import Embedder
+    from diffembed.modeling.bidirectional import attends_to_future
+    from diffembed.training.contrastive import load_st_model
+    from diffembed.training.stages import run_recipe
+
+    llama = build_tiny(tmp_path / "llama", "llama")
+    st, _ = load_st_model(llama)
+    backbone = st[0].auto_model
+    assert attends_to_future(backbone, backbone.config.vocab_size)
+    texts = ["the cat sat on the mat", "red green blue"]
+    runtime = Embedder(str(llama), device="cpu").encode(texts)
+    with torch.no_grad():
+        ours = F.normalize(st.encode(texts, convert_to_tensor=True), dim=-1).numpy()
+    np.testing.assert_allclose(ours, runtime, atol=1e-5)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in word_pairs(40)), encoding="utf-8")
+    out = run_recipe(recipe(tmp_path / "run", llama, pairs, train={"steps": 2}, batch={"size": 8}),
+                     progress=False)["pairs"]
+    assert json.loads((out / "config.json").read_text())["is_causal"] is False
+    emb = Embedder(str(out), device="cpu")
+    assert attends_to_future(emb.loaded.model, emb.loaded.model.config.vocab_size)

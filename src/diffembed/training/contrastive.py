@@ -43,12 +43,46 @@ def load_st_model(path: str | Path, max_length: int | None = None):
         loaded = SentenceTransformer(str(folder), device="cpu", trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - any load failure is one clear line
         raise DiffembedError(f"cannot load {path} as a sentence-transformers model: {exc}") from exc
-    modules = [m for m in loaded if type(m).__name__ != "Normalize"]
+    modules = [_runtime_pooling(m, folder) if type(m).__name__ == "Pooling" else m
+               for m in loaded if type(m).__name__ != "Normalize"]
     model = SentenceTransformer(modules=modules, device="cpu")
+    _bidirectional_like_the_runtime(model, folder)
+    tokenizer = model.tokenizer
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:  # decoders: pad with EOS, as the runtime
+        tokenizer.pad_token = tokenizer.eos_token
     model.prompts = dict(loaded.prompts or {})
     if max_length is not None:
         model.max_seq_length = max_length
     return model, folder
+
+
+def _runtime_pooling(pooling, folder: Path):
+    """The pooling the runtime reads from the folder. They agree for sentence-transformers folders;
+    for a plain decoder folder sentence-transformers picks last-token pooling, diffembed mean."""
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    from diffembed.modeling.layout import read_model_spec
+
+    spec = read_model_spec(folder)
+    mode = {"mean": "mean", "cls": "cls", "last": "lasttoken"}[spec.pooling]
+    if pooling.get_config_dict().get("pooling_mode") == mode:
+        return pooling
+    return Pooling(pooling.get_config_dict()["embedding_dimension"], pooling_mode=mode, include_prompt=spec.include_prompt)
+
+
+def _bidirectional_like_the_runtime(model, folder: Path) -> None:
+    """A decoder trains with the attention the runtime embeds with: `Embedder` makes decoders
+    bidirectional (config.is_causal = False), so the stage does too, and the export's config says so."""
+    from diffembed.modeling.bidirectional import attends_to_future, set_bidirectional
+    from diffembed.modeling.layout import read_model_spec
+
+    if not read_model_spec(folder).is_decoder:
+        return
+    backbone = model[0].auto_model
+    set_bidirectional(backbone.config, True)
+    if not attends_to_future(backbone, backbone.config.vocab_size):
+        raise DiffembedError(f"{folder}: the decoder stayed causal after config.is_causal = False "
+                             "(transformers >= 5.2 is needed for bidirectional decoders)")
 
 
 def build_loss(model, stage: StageConfig, guide=None) -> nn.Module:
