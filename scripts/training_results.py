@@ -1,4 +1,5 @@
-"""Tables for docs/training-results.md from the eval JSON files of scripts/train_minilm_ablation.sh.
+"""Tables for docs/training-results.md from the eval JSON files of scripts/train_minilm_ablation.sh
+(and of the 300-step arms, when present; docs/training-results.md gives their commands).
 
     .venv/bin/python scripts/training_results.py docs/training
 """
@@ -9,8 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-ARMS = [("start", "all-MiniLM-L6-v2 (start)"), ("plain", "pairs stage, float loss"),
-        ("qat", "pairs stage, QAT mixed + Matryoshka")]
+ARMS = [("start", "all-MiniLM-L6-v2 (start)"), ("plain", "80 steps, float loss"),
+        ("qat", "80 steps, QAT mixed + Matryoshka"), ("plain-long", "300 steps, float loss"),
+        ("qat-long", "300 steps, QAT mixed + Matryoshka")]
 CELLS = [("float32", 384), ("int8", 384), ("binary", 384), ("float32", 256), ("float32", 128), ("binary", 128)]
 
 
