@@ -114,6 +114,16 @@ def build(
         typer.echo(f"  {key}: {value}")
 
 
+# Source folders and output shared by `data pairs` and `data contextual` (one definition each).
+_PYTHON_DOC = typer.Option(None, "--python-doc", help="Python reST sources (default "
+                                                      "/usr/share/doc/python3.11/html/_sources).")
+_LINUX_DOC = typer.Option(None, "--linux-doc", help="Kernel reST sources (default "
+                                                    "/usr/share/doc/linux-doc-6.1/Documentation).")
+_MAN_DIR = typer.Option(None, "--man-dir", help="Read man pages from DIR/man*/ instead of the manpages and "
+                                                "manpages-dev packages; repeatable.")
+_SUMMARY_JSON = typer.Option(False, "--json", help="Also print the summary as JSON on stdout.")
+
+
 _PAIRS_HELP = (
     "Build training pairs (query -> positive) from real text on this machine, deduplicated, with a "
     "hash-split dev set.\n\n"
@@ -153,13 +163,10 @@ def pairs(
     max_positive_chars: int = typer.Option(2000, "--max-positive-chars", help="Longer positives are cut at a "
                                                                               "sentence end."),
     apt_lists: Path = typer.Option(None, "--apt-lists", help="apt lists folder (default /var/lib/apt/lists)."),
-    python_doc: Path = typer.Option(None, "--python-doc", help="Python reST sources (default "
-                                                               "/usr/share/doc/python3.11/html/_sources)."),
-    linux_doc: Path = typer.Option(None, "--linux-doc", help="Kernel reST sources (default "
-                                                             "/usr/share/doc/linux-doc-6.1/Documentation)."),
-    man_dir: list[Path] = typer.Option(None, "--man-dir", help="Read man pages from DIR/man*/ instead of the "
-                                                               "manpages and manpages-dev packages; repeatable."),
-    as_json: bool = typer.Option(False, "--json", help="Also print the summary as JSON on stdout."),
+    python_doc: Path = _PYTHON_DOC,
+    linux_doc: Path = _LINUX_DOC,
+    man_dir: list[Path] = _MAN_DIR,
+    as_json: bool = _SUMMARY_JSON,
 ) -> None:
     """Build training pairs (help: _PAIRS_HELP); counts go to stderr, and to stdout with --json."""
     from diffembed.cli.common import err_console
@@ -207,13 +214,10 @@ def contextual(
                                                                         "chunks at paragraph boundaries."),
     min_query_chars: int = typer.Option(8, "--min-query-chars"),
     max_query_chars: int = typer.Option(300, "--max-query-chars"),
-    python_doc: Path = typer.Option(None, "--python-doc", help="Python reST sources (default "
-                                                               "/usr/share/doc/python3.11/html/_sources)."),
-    linux_doc: Path = typer.Option(None, "--linux-doc", help="Kernel reST sources (default "
-                                                             "/usr/share/doc/linux-doc-6.1/Documentation)."),
-    man_dir: list[Path] = typer.Option(None, "--man-dir", help="Read man pages from DIR/man*/ instead of the "
-                                                               "manpages and manpages-dev packages; repeatable."),
-    as_json: bool = typer.Option(False, "--json", help="Also print the summary as JSON on stdout."),
+    python_doc: Path = _PYTHON_DOC,
+    linux_doc: Path = _LINUX_DOC,
+    man_dir: list[Path] = _MAN_DIR,
+    as_json: bool = _SUMMARY_JSON,
 ) -> None:
     """Build contextual training documents (help: _CONTEXTUAL_HELP); counts go to stderr, and to stdout with --json."""
     from diffembed.cli.common import err_console
