@@ -25,15 +25,17 @@ LONG = [f"the {w} sat on the mat in the old house of the king" for w in ("cat", 
                                                                           "people", "city")]
 
 
-def _naive_terms(q, docs, targets, temperature):
-    """Plain-loop InSeNT terms: cosine / temperature, softmax over the candidate set of each query."""
+def _naive_terms(q, docs, targets, temperature, section_ends=None):
+    """Plain-loop InSeNT terms: cosine / temperature, softmax over the candidate set of each query
+    (a split section's later pieces are no candidates of its query)."""
     def cos(a, b):
         return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
     seq, batch = [], []
     for qi, (d, c) in enumerate(targets):
+        end = section_ends[qi] if section_ends else c + 1
         gold = cos(q[qi], docs[d][c]) / temperature
-        own = [cos(q[qi], x) / temperature for x in docs[d]]
+        own = [cos(q[qi], x) / temperature for k, x in enumerate(docs[d]) if not c < k < end]
         others = [cos(q[qi], x) / temperature for e, doc in enumerate(docs) if e != d for x in doc]
         seq.append(-gold + math.log(sum(math.exp(s) for s in own)))
         batch.append(-gold + math.log(sum(math.exp(s) for s in [gold, *others])))
@@ -63,6 +65,21 @@ def test_insent_equals_naive_reference(fixed_inputs, temperature):
     assert insent_loss(q, docs, targets, temperature, lam=1.0).item() == pytest.approx(ref_seq, rel=1e-12)
     assert insent_loss(q, docs, targets, temperature, lam=0.0).item() == pytest.approx(ref_batch, rel=1e-12)
     assert abs(ref_seq - ref_batch) > 0.1
+
+
+def test_section_pieces_are_no_negatives_of_their_query(fixed_inputs):
+    q, docs, targets = fixed_inputs  # targets (0, 0) and (2, 1) head sections of 3 and 2 pieces
+    ends = [3, 1, 3, 4, 1, 3]
+    ref_seq, ref_batch = _naive_terms(q.numpy(), [d.numpy() for d in docs], targets, 0.05, ends)
+    seq, batch = insent_terms(q, docs, targets, 0.05, section_ends=ends)
+    assert seq.item() == pytest.approx(ref_seq, rel=1e-9)
+    assert batch.item() == pytest.approx(ref_batch, rel=1e-9)
+    plain_seq, _ = insent_terms(q, docs, targets, 0.05)
+    assert abs(plain_seq.item() - seq.item()) > 1e-3  # the mask changed something
+    same, _ = insent_terms(q, docs, targets, 0.05, section_ends=[c + 1 for _, c in targets])
+    assert same.item() == pytest.approx(plain_seq.item(), rel=1e-12)
+    with pytest.raises(InputError, match="section_ends"):
+        insent_terms(q, docs, targets, 0.05, section_ends=[4, 1, 3, 4, 1, 3])  # doc 0 has 3 chunks
 
 
 def test_insent_rejects_bad_inputs(fixed_inputs):
@@ -133,3 +150,58 @@ def test_empty_chunk_is_refused(tiny_dir):
     loaded = load_model(str(tiny_dir("bert")))
     with pytest.raises(InputError, match="documents"):
         late_chunk_embeddings(loaded.model, loaded.tokenizer, [["the cat", ""]], max_length=loaded.max_length)
+
+
+def test_insent_loss_module_sums_views_and_prefixes(tiny_dir):
+    """InSeNTLoss = sum over views (weights) and Matryoshka sizes of the plain loss on the
+    straight-through quantized, truncated vectors; the logged terms make up the loss."""
+    from diffembed.training.contextual_loss import InSeNTLoss
+    from diffembed.training.contrastive import load_st_model
+    from diffembed.training.quantize_aware import quantize_ste
+
+    model, _ = load_st_model(tiny_dir("bert"))
+    model.eval()
+    queries, targets, ends = ["the capital", "the cat", "the house"], [(0, 1), (1, 0), (2, 1)], [3, 1, 2]
+    dim = model.get_embedding_dimension()
+    loss = InSeNTLoss(model, temperature=0.1, lam=0.3, views={"float": 1.0, "binary": 0.5}, dims=[dim // 2, dim * 2])
+    assert loss.dims == (dim, dim // 2)  # sizes at or above the full dimension are dropped
+    with torch.no_grad():
+        out = loss(DOCS, queries, targets, ends)
+        chunks, q = loss.chunk_vectors(DOCS), loss.query_vectors(queries)
+    want = 0.0
+    for mode, weight in (("float", 1.0), ("binary", 0.5)):
+        for d in (dim, dim // 2):
+            want += weight * insent_loss(quantize_ste(q, mode)[:, :d], [quantize_ste(c, mode)[:, :d] for c in chunks],
+                                         targets, 0.1, lam=0.3, section_ends=ends).item()
+    assert out["loss"].item() == pytest.approx(want, rel=1e-6)
+    assert out["loss"].item() == pytest.approx(0.3 * out["in_sequence"].item() + 0.7 * out["in_batch"].item(), rel=1e-6)
+
+
+def test_insent_loss_module_embeds_as_the_runtime_with_prompts(tiny_dir, tmp_path):
+    """With document and query prompts the loss sees what `Embedder` serves: chunks as
+    `encode_contextual` with the document prompt, queries as `encode_query`."""
+    import json
+
+    from diffembed.training.contextual_loss import InSeNTLoss
+    from diffembed.training.contrastive import load_st_model
+
+    folder = tmp_path / "prompted"
+    import shutil
+
+    shutil.copytree(tiny_dir("bert"), folder)
+    model, _ = load_st_model(folder)
+    model.prompts = {"query": "query: ", "document": "passage: "}
+    model.save(str(folder))
+    cfg = json.loads((folder / "config_sentence_transformers.json").read_text())
+    assert cfg["prompts"]["document"] == "passage: "
+    model, _ = load_st_model(folder)
+    model.eval()
+    loss = InSeNTLoss(model)
+    emb = Embedder(str(folder), show_progress=False)
+    with torch.no_grad():
+        chunks = loss.chunk_vectors(DOCS)
+        q = loss.query_vectors(["the capital", "the cat"])
+    want = emb.encode_contextual(DOCS, prompt_name="document", precision="float32", normalize=False)
+    for got, w in zip(chunks, want):
+        np.testing.assert_allclose(got.numpy(), w, atol=1e-5)
+    np.testing.assert_allclose(q.numpy(), emb.encode_query(["the capital", "the cat"], normalize=False), atol=1e-5)

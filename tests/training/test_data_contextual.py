@@ -142,7 +142,8 @@ def test_exact_documents_headings_removed_and_queries_point_at_their_chunks(fixt
                    "A stored tin keeps for years, but a dented tin should be eaten first."],
         "queries": [{"query": "spam --- Canned meat", "chunk": 0},
                     {"query": "spam --- Canned meat: Opening tins", "chunk": 1},
-                    {"query": "spam --- Canned meat: Storing tins", "chunk": 2}],  # its first chunk
+                    # its first chunk; both pieces are the section's
+                    {"query": "spam --- Canned meat: Storing tins", "chunk": 2, "section_end": 4}],
     }
     assert rows["Frobnicator driver"]["chunks"] == [
         "The frobnicator driver exposes each frob as a character device under /dev.",

@@ -23,7 +23,7 @@ def train(
                                                           "recipe, and stop."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-evaluation lines."),
 ) -> None:
-    """Train an embedding model through the recipe's contrastive stages (pairs, triplets).
+    """Train an embedding model through the recipe's stages (pairs, triplets, contextual).
 
     Override any field after the options, stages by index:
     `diffembed train -c recipe.yaml stages.0.train.steps=50 output_dir=runs/try`.
@@ -43,22 +43,27 @@ def train(
         raise typer.BadParameter(f"no stage named {', '.join(unknown)} (stages: {', '.join(names)})",
                                  param_hint="--only")
     if dry_run:
+        from diffembed.training.contextual import read_documents
         from diffembed.training.pair_batches import read_pairs
 
         typer.echo(dump_config(recipe), nl=False)
         for stage in recipe.stages:
-            rows = read_pairs(stage.data.train, stage.data.negatives)
+            if stage.kind == "contextual":
+                what = f"{len(read_documents(stage.data.train))} training documents"
+            else:
+                what = f"{len(read_pairs(stage.data.train, stage.data.negatives))} training pairs"
             dev = f", dev {stage.data.dev}" if stage.data.dev else ""
-            err_console.print(f"stage {stage.name}: {len(rows)} training pairs, {stage.train.steps} steps of "
-                              f"{stage.batch.size}{dev}", highlight=False)
+            err_console.print(f"stage {stage.name}: {what}, {stage.train.steps} steps of {stage.batch.size}{dev}",
+                              highlight=False)
         return
 
     from diffembed.training.stages import run_recipe
 
     def show_eval(record: dict) -> None:
         if not quiet and record["kind"] == "eval" and "ndcg@10" in record:
-            err_console.print(f"step {record['step']}: dev nDCG@10 {record['ndcg@10']:.4f} ({record['precision']})",
-                              highlight=False)
+            mode = f", {record['mode']}" if record.get("mode") else ""
+            err_console.print(f"step {record['step']}: dev nDCG@10 {record['ndcg@10']:.4f} "
+                              f"({record['precision']}{mode})", highlight=False)
 
     def show_stage(name: str, what: str) -> None:
         err_console.print(f"[bold]stage {name}[/]: {what}", highlight=False)

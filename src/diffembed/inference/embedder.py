@@ -27,7 +27,8 @@ from diffembed.inference.late_chunking import (DocumentPlan, kept_owner, plan_fr
                                                plan_windows, tokenize_documents)
 from diffembed.inference.pooling import accumulate_spans, pool
 from diffembed.inference.quantize import check_dimensions, check_precision, empty_output, finalize
-from diffembed.inference.tokens import special_template, tokenize_bare, tokenize_heads, tokenize_with_offsets
+from diffembed.inference.tokens import (prompt_skip, special_template, tokenize_bare, tokenize_heads,
+                                       tokenize_with_offsets)
 from diffembed.inference.validation import check_documents, check_texts
 from diffembed.modeling.loader import LoadedModel, load_model
 
@@ -282,17 +283,8 @@ class Embedder:
                                      show_progress=show_progress)
 
     def prompt_skip(self, prompt: str | None) -> int:
-        """Leading positions pooling leaves out for ``prompt`` (models saved with ``include_prompt=False``).
-
-        Counted as sentence-transformers counts ``prompt_length``: the prompt tokenized alone with
-        special tokens, less a trailing special one. So the leading special tokens ([CLS], BOS) are
-        left out too, and the count is the prompt's own tokens even where the prompt's last token
-        merges with the text's first (sentence-transformers then leaves that text token out as well).
-        """
-        if not prompt or self.loaded.spec.include_prompt:
-            return 0
-        ids = self.tokenizer(prompt, add_special_tokens=True, truncation=True, max_length=self.max_length)["input_ids"]
-        return len(ids) - (1 if ids and ids[-1] in set(self.tokenizer.all_special_ids) else 0)
+        """Leading positions pooling leaves out for ``prompt`` (see ``tokens.prompt_skip``)."""
+        return prompt_skip(self.tokenizer, prompt, self.loaded.spec.include_prompt, self.max_length)
 
     def pooled_token_ids(self, seqs: Sequence[list[int]], *, skip: int = 0, batch_tokens: int | None = None,
                          show_progress: bool | None = None) -> torch.Tensor:

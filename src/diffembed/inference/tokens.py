@@ -57,6 +57,20 @@ def special_template(tokenizer: PreTrainedTokenizerBase, separator: str | None =
     return SpecialTemplate(prefix=prefix, suffix=suffix, separator=sep_ids, pad_id=int(pad))
 
 
+def prompt_skip(tokenizer: PreTrainedTokenizerBase, prompt: str | None, include_prompt: bool, max_length: int) -> int:
+    """Leading positions pooling leaves out for ``prompt`` (models saved with ``include_prompt=False``).
+
+    Counted as sentence-transformers counts ``prompt_length``: the prompt tokenized alone with
+    special tokens, less a trailing special one. So the leading special tokens ([CLS], BOS) are
+    left out too, and the count is the prompt's own tokens even where the prompt's last token
+    merges with the text's first (sentence-transformers then leaves that text token out as well).
+    """
+    if not prompt or include_prompt:
+        return 0
+    ids = tokenizer(prompt, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+    return len(ids) - (1 if ids and ids[-1] in set(tokenizer.all_special_ids) else 0)
+
+
 def tokenize_bare(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     if not texts:
         return []

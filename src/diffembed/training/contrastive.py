@@ -147,12 +147,14 @@ class ContrastiveTask(TrainingTask):
     """One pairs/triplets stage: start folder -> trained sentence-transformers folder."""
 
     find_unused_parameters = True  # e.g. BERT's pooler: loaded with the model, unused by mean pooling
+    rows_label = "pairs"  # what a training row is, in the export's provenance
 
     def __init__(self, stage: StageConfig, start: str | Path, *, max_length: int | None = None,
-                 provenance: dict[str, Any] | None = None):
+                 gradient_checkpointing: bool = False, provenance: dict[str, Any] | None = None):
         self.stage, self.start_path, self.max_length = stage, str(start), max_length
+        self.gradient_checkpointing = gradient_checkpointing
         self.name = stage.name
-        self.rows: list[PairRow] = read_pairs(stage.data.train, stage.data.negatives)
+        self.rows = self.read_rows()
         self.dev = None
         if stage.data.dev:
             from diffembed.eval.datasets import load_dataset
@@ -161,9 +163,16 @@ class ContrastiveTask(TrainingTask):
         self.provenance = provenance or {}
         self.st = None
 
+    def read_rows(self) -> list[PairRow]:
+        return read_pairs(self.stage.data.train, self.stage.data.negatives)
+
     # ----------------------------------------------------------------------------- model
     def build_model(self) -> LossModel:
         model, folder = load_st_model(self.start_path, self.max_length)
+        if self.gradient_checkpointing:
+            from diffembed.training.activations import checkpoint_activations
+
+            checkpoint_activations(model)
         mode = self.stage.loss.quantization
         if mode in ("int8", "binary"):
             from diffembed.training.quantize_aware import QuantizeAware
@@ -266,7 +275,7 @@ class ContrastiveTask(TrainingTask):
             plain.save(str(tmp), create_model_card=False)
             info = {"stage": self.stage.model_dump(mode="json"), "start_from": self.start_path,
                     "state": asdict(state), "stopped_early": stopped_early, "world_size": world_size,
-                    "pairs": len(self.rows), **self.provenance}
+                    self.rows_label: len(self.rows), **self.provenance}
             (tmp / "diffembed_train.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         return out
 

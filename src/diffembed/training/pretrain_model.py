@@ -17,6 +17,7 @@ from diffembed.extras import require
 from diffembed.modeling.bidirectional import set_bidirectional
 from diffembed.modeling.layout import read_model_spec
 from diffembed.modeling.loader import load_tokenizer, quiet_transformers, resolve_model_path
+from diffembed.training.activations import checkpoint_activations
 from diffembed.training.pretrain_config import ModelSection, ObjectiveSection
 
 RESERVED_MASK_TOKENS = ("<|MASK|>", "<|mask|>", "<mask>", "[MASK]")
@@ -84,11 +85,7 @@ def load_pretrain_model(model_cfg: ModelSection, objective: ObjectiveSection) ->
         raise ModelLoadError(f"mask token {token!r} has id {mask_id}, outside the embedding matrix")
 
     if model_cfg.gradient_checkpointing:
-        kwargs = {"use_reentrant": False}
-        if hasattr(lm, "activation_checkpointing_enable"):  # the transformers 5 name; the old one warns
-            lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        checkpoint_activations(lm)
     if model_cfg.lora is not None:
         lm = _wrap_lora(lm, model_cfg)
     special = set(tokenizer.all_special_ids) | {mask_id}

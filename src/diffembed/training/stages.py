@@ -27,6 +27,17 @@ def resolve_start(recipe: TrainRecipe, stage: StageConfig, done: dict[str, Path]
     return src  # a folder path (validated as such by the recipe)
 
 
+def task_class(stage: StageConfig):
+    """The training task for the stage's kind."""
+    if stage.kind == "contextual":
+        from diffembed.training.contextual import ContextualTask
+
+        return ContextualTask
+    from diffembed.training.contrastive import ContrastiveTask
+
+    return ContrastiveTask
+
+
 def finished(stage: StageConfig, fingerprint: str) -> bool:
     info = stage.out / "final" / PROVENANCE
     try:
@@ -40,7 +51,6 @@ def run_recipe(recipe: TrainRecipe, *, resume: str | None = "auto", only: list[s
                on_stage: Callable[[str, str], None] | None = None, progress: bool = True) -> dict[str, Path]:
     """Train every stage (or those in `only`, whose parents must then be finished); returns each
     stage's exported folder."""
-    from diffembed.training.contrastive import ContrastiveTask
     from diffembed.training.loop import run_training
 
     done: dict[str, Path] = {}
@@ -57,8 +67,9 @@ def run_recipe(recipe: TrainRecipe, *, resume: str | None = "auto", only: list[s
                 raise DiffembedError(f"stage {stage.name!r} has not finished; run it first (it is not in --only)")
             done[stage.name] = final
             continue
-        task = ContrastiveTask(stage, start, max_length=recipe.model.max_length,
-                               provenance={"base_model": recipe.model.path, "lineage": lineage[stage.name]})
+        task = task_class(stage)(stage, start, max_length=recipe.model.max_length,
+                                 gradient_checkpointing=recipe.model.gradient_checkpointing,
+                                 provenance={"base_model": recipe.model.path, "lineage": lineage[stage.name]})
         fp = task.fingerprint()
         task.provenance["fingerprint"] = fp
         if resume != "none" and finished(stage, fp):
@@ -88,9 +99,11 @@ def write_model_card(folder: Path, recipe: TrainRecipe, stage: StageConfig, line
                      f"{s.batch.size} | {s.optim.lr:g} | {s.loss.temperature:g} | {s.loss.quantization} | "
                      f"{', '.join(map(str, s.loss.matryoshka_dims)) or '-'} |")
     evals = [r for r in log if r.get("kind") == "eval" and "ndcg@10" in r]
-    if evals:
-        first, last = evals[0], evals[-1]
-        lines += ["", f"Dev set `{stage.data.dev}` ({last['precision']}, the model's own output during training): "
+    for mode in dict.fromkeys(r.get("mode") for r in evals):
+        rows = [r for r in evals if r.get("mode") == mode]
+        first, last = rows[0], rows[-1]
+        how = f"{last['precision']}" + (f", {mode} chunks" if mode else "")
+        lines += ["", f"Dev set `{stage.data.dev}` ({how}, the model's own output during training): "
                       f"nDCG@10 {first['ndcg@10']:.4f} at step {first['step']} -> {last['ndcg@10']:.4f} at step "
                       f"{last['step']}."]
     lines += ["", "Load it with `diffembed.Embedder(path)`, `diffembed serve --model path` or "

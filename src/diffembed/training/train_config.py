@@ -24,11 +24,17 @@ class BaseModelSection(Section):
     path: str = Field("default", min_length=1,
                       description="model folder, hub id, packaged alias, or 'default' (the packaged MiniLM)")
     max_length: int | None = Field(None, gt=0)  # tokens per text; None keeps the model's own
+    # every stage recomputes activations in the backward pass (bounded memory for long documents)
+    gradient_checkpointing: bool = False
 
 
 class StageData(Section):
-    train: list[str] = Field(..., min_length=1)  # pairs jsonl files: query, positive, optional negatives
-    dev: str | None = None  # a BEIR folder scored after each evaluation interval (nDCG@10)
+    # pairs/triplets: jsonl of query, positive, optional negatives; contextual: `diffembed data
+    # contextual` documents (id, chunks, queries [{query, chunk}])
+    train: list[str] = Field(..., min_length=1)
+    # scored after each evaluation interval (nDCG@10): a BEIR folder, or for a contextual stage a
+    # contextual dataset (scored naive and late)
+    dev: str | None = None
     dev_max_queries: int | None = Field(500, gt=0)
     negatives: int = Field(0, ge=0)  # hard negatives per pair (triplet stages); rows with fewer are skipped
 
@@ -47,6 +53,8 @@ class LossSection(Section):
     false_negative_margin: float | None = None
     margin_strategy: Literal["absolute", "relative"] = "absolute"
     guide: str = "self"
+    # contextual stages (InSeNT): lambda * L_in_sequence + (1 - lambda) * L_in_batch
+    in_sequence_weight: float = Field(0.5, ge=0.0, le=1.0)
 
     @field_validator("mixed_weights")
     @classmethod
@@ -68,6 +76,11 @@ class BatchSection(Section):
     size: int = Field(64, gt=1)  # pairs per optimizer step (across all processes)
     no_duplicates: bool = True  # no text twice in one batch (a duplicate would be a false in-batch negative)
     clusters: int = Field(0, ge=0)  # >0: each batch drawn from one k-means cluster of the queries (CDE)
+    # contextual stages: size counts documents; a longer document is cropped to a run of at most
+    # max_chunks consecutive chunks (still late-chunked whole, in the runtime's windows), and at
+    # most queries_per_document of its queries are asked per step
+    max_chunks: int = Field(16, gt=1)
+    queries_per_document: int = Field(4, gt=0)
 
 
 class StageEval(Section):
@@ -76,7 +89,7 @@ class StageEval(Section):
 
 class StageConfig(Section):
     name: str
-    kind: Literal["pairs", "triplets"] = "pairs"
+    kind: Literal["pairs", "triplets", "contextual"] = "pairs"
     start_from: str = "previous"  # previous | base | <earlier stage name> | a model folder
     data: StageData
     loss: LossSection = Field(default_factory=LossSection)
@@ -100,7 +113,17 @@ class StageConfig(Section):
         self.schedule.resolve_warmup(self.train.steps)
         if self.kind == "triplets" and self.data.negatives == 0:
             raise ValueError("a triplets stage needs data.negatives >= 1")
-        if self.loss.mini_batch_size and self.loss.mini_batch_size > self.batch.size:
+        if self.kind == "contextual":
+            unsupported = {"data.negatives": self.data.negatives != 0, "loss.symmetric": self.loss.symmetric,
+                           "loss.mini_batch_size": self.loss.mini_batch_size is not None,
+                           "loss.false_negative_margin": self.loss.false_negative_margin is not None,
+                           "batch.clusters": self.batch.clusters != 0}
+            bad = [k for k, on in unsupported.items() if on]
+            if bad:
+                raise ValueError(f"a contextual stage does not use {', '.join(bad)} (its negatives are the other "
+                                 "chunks of each document and of the batch; memory is bounded by "
+                                 "model.gradient_checkpointing and batch.max_chunks)")
+        elif self.loss.mini_batch_size and self.loss.mini_batch_size > self.batch.size:
             raise ValueError(f"loss.mini_batch_size ({self.loss.mini_batch_size}) exceeds batch.size ({self.batch.size})")
         return self
 

@@ -7,11 +7,13 @@ cannot match it and one embedded with its document's context can (DESIGN.md sect
 document's other chunks are each query's same-document negative pool.
 
 A section longer than ``max_chunk_chars`` is cut into several chunks at paragraph boundaries (a
-paragraph longer than the limit at sentence ends); its query points at its first chunk. Sections
-shorter than ``min_chunk_chars`` are dropped whole, and a document left with fewer than 2 sections
-with a query is dropped. Output: ``train.jsonl``, ``dev.jsonl`` (``id``, ``source``, ``title``,
-``chunks``, ``queries`` [{``query``, ``chunk``}]), ``dev-contextual/`` (the dev documents as a
-contextual eval dataset) and ``build.json``, published in one rename like `data pairs`.
+paragraph longer than the limit at sentence ends); its query points at its first chunk, and
+``section_end`` (exclusive) says where the section's pieces end, so training keeps them out of the
+query's negatives. Sections shorter than ``min_chunk_chars`` are dropped whole, and a document left
+with fewer than 2 sections with a query is dropped. Output: ``train.jsonl``, ``dev.jsonl`` (``id``,
+``source``, ``title``, ``chunks``, ``queries`` [{``query``, ``chunk``, ``section_end`` if split}]),
+``dev-contextual/`` (the dev documents as a contextual eval dataset) and ``build.json``, published
+in one rename like `data pairs`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from diffembed.training.data.reserved import reserved_reason
 from diffembed.training.data.textio import read_text, strip_compression
 
 SOURCES = ("python-doc", "linux-doc", "man")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: queries of a split section carry section_end
 DROP_REASONS = ("section_too_short", "query_too_short", "query_too_long", "ambiguous_query",
                 "too_few_sections", "duplicate_document")
 # man sections that are no passage of prose: NAME is the title itself, the rest are code or lists
@@ -186,7 +188,10 @@ def make_doc(raw: RawDoc, source: str, counts: Counts, limits: Limits) -> Doc | 
             continue
         pieces = split_chunks(body, limits.max_chunk_chars)
         counts.split_sections += len(pieces) > 1
-        queries.append({"query": query, "chunk": len(chunks)})
+        query_row = {"query": query, "chunk": len(chunks)}
+        if len(pieces) > 1:  # the section's other pieces: no negatives for its query (the contextual stage masks them)
+            query_row["section_end"] = len(chunks) + len(pieces)
+        queries.append(query_row)
         chunks.extend(pieces)
     return Doc(f"{source}-{digest(raw.doc_key).hex()}", source, " ".join(raw.title.split()), chunks, queries,
                raw.doc_key)
