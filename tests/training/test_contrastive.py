@@ -327,9 +327,11 @@ def test_training_lifts_retrieval_on_real_text(tmp_path):
     assert after > before + 0.12 and after > 2 * before, (before, after)
 
 
-def test_two_process_gloo_ddp_equals_one_process(tiny, tmp_path):
+@pytest.mark.parametrize("loss", [{}, {"mini_batch_size": 4}], ids=["plain", "gradcache"])
+def test_two_process_gloo_ddp_equals_one_process(tiny, tmp_path, loss):
     """torchrun with 2 CPU processes, each with half the batch and the other's documents gathered as
-    negatives, gives the losses of one process with the whole batch."""
+    negatives, gives the losses of one process with the whole batch; with GradCache too (each process
+    embeds its half in mini-batches of 4, and the cached gradients flow back across the gather)."""
     import os
     import subprocess
     import sys
@@ -343,9 +345,9 @@ def test_two_process_gloo_ddp_equals_one_process(tiny, tmp_path):
     cfg = json.loads((model / "config.json").read_text())
     cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # same function in both runs
     (model / "config.json").write_text(json.dumps(cfg))
-    one = recipe(tmp_path / "one", model, pairs, train={"steps": 4})
+    one = recipe(tmp_path / "one", model, pairs, train={"steps": 4}, loss=loss)
     run_recipe(one, progress=False)
-    two = recipe(tmp_path / "two", model, pairs, train={"steps": 4})
+    two = recipe(tmp_path / "two", model, pairs, train={"steps": 4}, loss=loss)
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(two.model_dump(mode="json")))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}

@@ -155,6 +155,7 @@ class ContrastiveTask(TrainingTask):
         self.gradient_checkpointing = gradient_checkpointing
         self.name = stage.name
         self.rows = self.read_rows()
+        self.manual_gradient_sync = stage.loss.mini_batch_size is not None  # GradCache: see TrainingTask
         self.dev = None
         if stage.data.dev:
             from diffembed.eval.datasets import load_dataset

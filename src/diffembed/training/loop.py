@@ -68,6 +68,10 @@ class TrainingTask(ABC):
     metrics: StepMetrics = StepMetrics()
     # DDP must be told when some weights get no gradient (e.g. BERT's pooler under mean pooling).
     find_unused_parameters: bool = False
+    # The loss runs backward passes of its own (GradCache re-embeds mini-batches during the outer
+    # backward), which DDP's reducer refuses ("mark a variable ready only once"): the loop then runs
+    # the step without DDP's sync and averages the gradients across processes itself.
+    manual_gradient_sync: bool = False
 
     @abstractmethod
     def build_model(self) -> nn.Module:
@@ -220,13 +224,16 @@ def run_training(task: TrainingTask, cfg: LoopConfig, *, resume: str | None = "a
         step = task.next_step(state, accelerator)
         accum = len(step.micro_batches)
         sums = torch.zeros(1 + len(keys), dtype=torch.float64, device=accelerator.device)
+        manual = task.manual_gradient_sync and world > 1
         for j, batch in enumerate(step.micro_batches):
-            sync = accelerator.no_sync(model) if j < accum - 1 else nullcontext()
+            sync = accelerator.no_sync(model) if j < accum - 1 or manual else nullcontext()
             with sync, accelerator.autocast():
                 out_j = model(**batch)
                 accelerator.backward(out_j["loss"] / accum)
             sums += torch.stack([out_j["loss"].detach().double(),
                                  *(torch.as_tensor(out_j[k], device=accelerator.device).double() for k in keys)])
+        if manual:
+            average_gradients(model, world)
         grad_norm = None
         if cfg.optim.max_grad_norm is not None:
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
@@ -281,6 +288,23 @@ def run_training(task: TrainingTask, cfg: LoopConfig, *, resume: str | None = "a
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final if final is not None else out / "final"
+
+
+def average_gradients(model: nn.Module, world: int) -> None:
+    """What DDP's reducer does, for a step it did not sync: every process ends with the mean gradient.
+    A weight that got no gradient on any process keeps none (so AdamW leaves it alone, as under DDP)."""
+    import torch.distributed as dist
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        return
+    had = torch.tensor([0.0 if p.grad is None else 1.0 for p in params], device=params[0].device)
+    dist.all_reduce(had)
+    for p, flag in zip(params, had.tolist()):
+        if flag > 0:
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            dist.all_reduce(grad)
+            p.grad = grad / world
 
 
 def _over_budget(accelerator, max_minutes: float | None, elapsed_s: float) -> bool:
