@@ -98,3 +98,48 @@ def test_korean_document_chunks_do_not_overlap(minilm):
     doc = minilm.encode_document(text, chunk_tokens=10)
     assert all(a[1] <= b[0] for a, b in zip(doc.spans, doc.spans[1:]))
     assert [text[a:b] for a, b in doc.spans] == doc.chunks
+
+
+# ---------------------------------------------------------------------------- Korean, CJK, SentencePiece
+KOREAN = ("1989년 2월 15일 여의도 농민 폭력 시위를 주도한 혐의로 지명수배되었다. 그는 “나는 무죄다.” 라고 말했다… "
+          "이후 3월 12일 서울지방검찰청 공안부는 사전구속영장을 발부받았다! 정말인가? 「그렇다.」 그 뒤 체포되었다.")
+
+
+def test_korean_and_cjk_sentence_ends():
+    starts = [KOREAN[s:][:6] for s in sentence_starts(KOREAN)]
+    assert starts == ["1989년 ", "그는 “나는", "이후 3월 ", "정말인가? ", "「그렇다.」", "그 뒤 체포"]
+    chinese = "北京是中国的首都。上海是最大的城市！你好吗？“是的。”好"
+    assert [chinese[s:][:2] for s in sentence_starts(chinese)] == ["北京", "上海", "你好", "“是", "好"]
+    assert sentence_starts("3.5 퍼센트와 e.g.는 문장 끝이 아니다") == [0]
+
+
+def test_offsets_with_leading_spaces_keep_words_and_sentences_whole():
+    """SentencePiece (and byte-level BPE) count the space before a word into its token: '▁가나' is
+    (5, 8) for ' 가나'. Sentence and word starts must still fall on the word, not one token later."""
+    text = "가나다 라마. 바사 아자차. 카타 파하."
+    tokens = [(0, 3), (3, 6), (6, 7), (7, 10), (10, 14), (14, 15), (15, 18), (18, 21), (21, 22)]
+    assert [text[s:e] for s, e in tokens][:4] == ["가나다", " 라마", ".", " 바사"]
+    chunks = split_chunks(text, tokens, 3)
+    assert [text[c.char_start:c.char_end] for c in chunks] == ["가나다 라마.", "바사 아자차.", "카타 파하."]
+    chunks = split_chunks(text, tokens, 2)  # sentences over budget are cut between words
+    assert [text[c.char_start:c.char_end] for c in chunks] == ["가나다", "라마.", "바사", "아자차.", "카타", "파하."]
+
+
+@pytest.mark.parametrize("budget", [4, 16, 48])
+def test_multilingual_e5_chunks_korean_at_sentences_never_inside_a_character(e5_embedder, budget):
+    from diffembed.inference.tokens import tokenize_with_offsets
+
+    text = KOREAN + " 北京是中国的首都。上海是最大的城市。 😀👍🏽 𠜎𠜱 끝."
+    _, offsets = tokenize_with_offsets(e5_embedder.tokenizer, text)
+    chunks = split_chunks(text, offsets, budget)
+    pieces = [text[c.char_start:c.char_end] for c in chunks]
+    assert all(c.token_end - c.token_start <= budget for c in chunks)
+    assert all(p == p.strip() and p for p in pieces)  # no chunk starts or ends with a space
+    assert "".join("".join(pieces).split()) == "".join(text.split())  # nothing lost or repeated
+    starts = set(sentence_starts(text))
+    for c in chunks[1:]:  # each cut is at a sentence start, else between words, else between characters
+        assert c.char_start in starts or text[c.char_start - 1].isspace() or budget < 16, text[c.char_start:][:10]
+    if budget == 48:  # every sentence fits: chunks are whole sentences
+        assert all(c.char_start in starts for c in chunks)
+    doc = e5_embedder.encode_document(text, chunk_tokens=budget)
+    assert doc.chunks == pieces and doc.embeddings.shape == (len(pieces), 384)

@@ -65,8 +65,10 @@ def build(
     kind: str = typer.Option(None, "--kind", help="retrieval (question -> paragraph, BEIR) or contextual "
                                                  "(question -> chunk of its article)."),
     chunk_tokens: int = typer.Option(64, "--chunk-tokens", help="Contextual: chunk budget in tokenizer tokens."),
-    tokenizer: str = typer.Option(None, "--tokenizer", help="Contextual: model folder or hub id whose tokenizer "
-                                                           "counts chunk tokens (default: packaged all-MiniLM-L6-v2)."),
+    tokenizer: str = typer.Option(None, "--model", "--tokenizer",
+                                  help="Contextual: the model (folder, hub id or packaged name such as "
+                                       "multilingual-e5-small) whose tokenizer counts chunk tokens; use the model "
+                                       "you will evaluate (default: packaged all-MiniLM-L6-v2)."),
     max_articles: int = typer.Option(None, "--max-articles", help="Keep only the first N articles."),
     max_questions: int = typer.Option(None, "--max-questions", help="Keep only the first N questions."),
     gold: str = typer.Option("first", "--gold", help="Contextual: gold chunk from the 'first' reference answer, "

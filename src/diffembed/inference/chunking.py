@@ -10,8 +10,15 @@ import bisect
 import re
 from dataclasses import dataclass
 
-# A sentence ends at ., !, ? (or CJK/Korean full stops) followed by whitespace, or at a blank line.
-_BOUNDARY = re.compile(r"(?<=[.!?。！？])[\"')\]]*\s+|\n\s*\n")
+# A sentence ends at a terminal mark (Latin, Korean and CJK full stops, ! ?, ellipses), then any
+# closing quotes or brackets (Korean writes “…다.” and 「…」), then whitespace; or at an ideographic
+# full stop with no space after it (Chinese and Japanese write none); or at a blank line. A quote
+# followed by a Korean quotative particle (“…다.” 라고 말했다) is reported speech inside a sentence.
+_TERMINALS = ".!?。！？｡．…‥"
+_CLOSERS = "\"')\\]”’」』》〉）»›"
+_QUOTATIVE = r"(?:이?라고|하고|라며|하며|라는|고)(?=\s)"
+_BOUNDARY = re.compile(rf"(?<=[{_TERMINALS}])\s+|(?<=[{_TERMINALS}])[{_CLOSERS}]+\s+(?!{_QUOTATIVE})"
+                       rf"|(?<=[。！？｡])[{_CLOSERS}]*(?=\S)|\n\s*\n")
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,18 @@ def sentence_starts(text: str) -> list[int]:
     return [0] + [m.end() for m in _BOUNDARY.finditer(text) if m.end() < len(text)]
 
 
+def trim_offsets(text: str, offsets: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Offsets without the whitespace some tokenizers count into a token: SentencePiece's ``▁word``
+    and byte-level BPE's ``Ġword`` start at the space before the word. Left in, a sentence or word
+    start would land inside the token before it, and chunk spans would begin with a space."""
+    out = []
+    for s, e in offsets:
+        while s < e and text[s].isspace():
+            s += 1
+        out.append((s, e))
+    return out
+
+
 def split_chunks(text: str, offsets: list[tuple[int, int]], budget: int) -> list[TextChunk]:
     """Greedily pack whole sentences into chunks of at most ``budget`` tokens.
 
@@ -35,10 +54,12 @@ def split_chunks(text: str, offsets: list[tuple[int, int]], budget: int) -> list
     tokens would split characters: some tokenizers give one character several tokens with the same
     offsets (BERT's NFD normaliser turns a Hangul syllable into 2-3 jamo pieces; byte-level BPE
     splits multi-byte characters), which would put one character in two chunks. Only a single
-    character with more tokens than the budget makes a chunk exceed it.
+    character with more tokens than the budget makes a chunk exceed it. Offsets are compared without
+    leading whitespace (``trim_offsets``), so a token that is only a space never starts a chunk.
     """
     if budget < 1:
         raise ValueError("chunk budget must be positive")
+    offsets = trim_offsets(text, offsets)
     n = len(offsets)
     if n == 0:
         return []
