@@ -18,6 +18,7 @@ from diffembed.cli.index import index_app, search
 from diffembed.cli.info import info
 from diffembed.cli.merge import merge
 from diffembed.cli.mine import mine
+from diffembed.cli.models import models
 from diffembed.cli.pretrain import pretrain
 from diffembed.cli.serve import serve
 from diffembed.cli.train import train
@@ -32,6 +33,7 @@ app = typer.Typer(
 )
 app.command()(encode)
 app.command()(info)
+app.command()(models)
 app.command()(demo)
 app.command(name="bulk-embed")(bulk_embed)
 app.command()(serve)
