@@ -98,6 +98,13 @@ def write_model_card(folder: Path, recipe: TrainRecipe, stage: StageConfig, line
         lines.append(f"| {name} | {s.kind} | {', '.join(Path(p).name for p in s.data.train)} | {s.train.steps} | "
                      f"{s.batch.size} | {s.optim.lr:g} | {s.loss.temperature:g} | {s.loss.quantization} | "
                      f"{', '.join(map(str, s.loss.matryoshka_dims)) or '-'} |")
+    try:
+        info = json.loads((folder / PROVENANCE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        info = {}
+    if info.get("stopped_early"):
+        lines += ["", f"Stage `{stage.name}` stopped early at step {info['state']['step']} of {stage.train.steps}: "
+                      f"its time budget (train.max_minutes = {stage.train.max_minutes}) ran out."]
     evals = [r for r in log if r.get("kind") == "eval" and "ndcg@10" in r]
     for mode in dict.fromkeys(r.get("mode") for r in evals):
         rows = [r for r in evals if r.get("mode") == mode]
