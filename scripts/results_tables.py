@@ -24,5 +24,18 @@ def table(path: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def throughput(path: Path) -> str:
+    """A table of scripts/bench_encode.py's JSON: texts/s and tokens/s per dataset and model."""
+    data = json.loads(path.read_text())
+    meta = data["meta"]
+    out = [f"`{path.name}`: encode throughput (median of {meta['rounds']} rounds, torch {meta['torch']}, "
+           f"{meta['torch_threads']} threads)", "",
+           "| dataset | model | texts | tokens | seconds | texts/s | tokens/s |", "|---|---|---|---|---|---|---|"]
+    for r in data["results"]:
+        out.append(f"| {r['dataset']} | {r['model']} | {r['texts']} | {r['tokens']:,} | {r['seconds_median']:.1f} | "
+                   f"{r['texts_per_s']:.1f} | {r['tokens_per_s']:,} |")
+    return "\n".join(out) + "\n"
+
+
 if __name__ == "__main__":
     print("\n".join(table(Path(p)) for p in sys.argv[1:]))
