@@ -23,12 +23,14 @@ def train(
                                                           "recipe, and stop."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-evaluation lines."),
 ) -> None:
-    """Train an embedding model through the recipe's stages (pairs, triplets, contextual).
+    """Train an embedding model through the recipe's stages (pairs, triplets, contextual, merge).
 
     Override any field after the options, stages by index:
     `diffembed train -c recipe.yaml stages.0.train.steps=50 output_dir=runs/try`.
     Each stage writes output_dir/<stage>/metrics.jsonl, checkpoints/ and final/ (a sentence-transformers
-    folder that Embedder, serve and SentenceTransformer load).
+    folder that Embedder, serve and SentenceTransformer load). A merge stage SLERPs (or averages) earlier
+    stages; an `evaluate` section scores every stage as it finishes into output_dir/results.jsonl,
+    results.md and results.png.
     """
     require_extra("train", "diffembed train")
     from diffembed.config_io import dump_config, load_config
@@ -48,6 +50,16 @@ def train(
 
         typer.echo(dump_config(recipe), nl=False)
         for stage in recipe.stages:
+            if stage.kind == "merge":
+                how = f"SLERP t={stage.t:g}" if stage.method == "slerp" else "mean"
+                names = {s.name for s in recipe.stages}
+                absent = [src for src in stage.inputs if src not in names and not Path(src).expanduser().is_dir()]
+                if absent:
+                    from diffembed.errors import ModelLoadError
+
+                    raise ModelLoadError(f"merge stage {stage.name!r}: input folder {absent[0]} does not exist")
+                err_console.print(f"stage {stage.name}: {how} merge of {', '.join(stage.inputs)}", highlight=False)
+                continue
             if stage.kind == "contextual":
                 what = f"{len(read_documents(stage.data.train))} training documents"
             else:
@@ -55,6 +67,15 @@ def train(
             dev = f", dev {stage.data.dev}" if stage.data.dev else ""
             err_console.print(f"stage {stage.name}: {what}, {stage.train.steps} steps of {stage.batch.size}{dev}",
                               highlight=False)
+        if recipe.evaluate is not None:
+            from diffembed.eval.datasets import load_dataset
+
+            ev = recipe.evaluate
+            for path in ev.datasets:
+                ds = load_dataset(path, split=ev.split)
+                modes = ", ".join(ev.modes) if ds.kind == "contextual" else "naive"
+                err_console.print(f"evaluate after each stage: {path} ({ds.kind}, {len(ds.queries)} queries; "
+                                  f"{modes}; {', '.join(ev.precisions)})", highlight=False)
         return
 
     from diffembed.training.stages import run_recipe

@@ -30,9 +30,9 @@ Compatibility is checked before any tensor is read: same ``config.json`` files (
 transformers version, dtype and ``_name_or_path``), same ``modules.json`` / sentence-transformers
 config and pooling, same tokenizer vocabulary, same weight files, tensor names, shapes. The output
 folder is the first input's non-weight files (config, tokenizer, sentence-transformers modules; not
-its README model card, which describes another model, nor weights in other formats), the merged
-safetensors in the first input's layout (shards included), and ``diffembed_merge.json`` (inputs,
-method, t or weights). It is published atomically.
+its README model card or ``diffembed_train.json``, which describe another model, nor weights in
+other formats), the merged safetensors in the first input's layout (shards included), and
+``diffembed_merge.json`` (inputs, method, t or weights). It is published atomically.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ INDEX_SUFFIX = ".safetensors.index.json"
 
 # Non-weight files that are not copied into the merged folder.
 _SKIP_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf")
-_SKIP_NAMES = {"README.md", PROVENANCE_FILE}
+# diffembed_train.json: a training stage's provenance, which describes that input, not the merge
+_SKIP_NAMES = {"README.md", PROVENANCE_FILE, "diffembed_train.json"}
 # config.json keys that may differ between checkpoints of one model.
 _CONFIG_IGNORED = {"transformers_version", "torch_dtype", "dtype", "_name_or_path", "_commit_hash"}
 

@@ -1,10 +1,15 @@
 """Run a training recipe's stages in order: resolve each stage's starting point, skip stages that
-already finished with the same settings, train the rest, and write a model card into every output.
+already finished with the same settings, train the rest (or merge, for `kind: merge`), write a model
+card into every output, and score each output on the recipe's `evaluate` datasets as it is done.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,55 +51,185 @@ def finished(stage: StageConfig, fingerprint: str) -> bool:
         return False
 
 
+def saved_fingerprint(final: Path) -> str | None:
+    try:
+        return json.loads((final / PROVENANCE).read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun/accelerate launch, or a plain single process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def run_recipe(recipe: TrainRecipe, *, resume: str | None = "auto", only: list[str] | None = None,
                on_log: Callable[[dict[str, Any]], None] | None = None,
                on_stage: Callable[[str, str], None] | None = None, progress: bool = True) -> dict[str, Path]:
-    """Train every stage (or those in `only`, whose parents must then be finished); returns each
-    stage's exported folder."""
+    """Train (or merge) every stage (or those in `only`, whose parents must then be finished);
+    returns each stage's exported folder. With `recipe.evaluate`, each folder is scored as it is
+    done (results.jsonl) and the run ends with results.md and results.png in the output folder."""
     from diffembed.training.loop import run_training
 
     done: dict[str, Path] = {}
+    fingerprints: dict[str, str] = {}
     lineage: dict[str, list[str]] = {}
+    datasets: dict[str, Any] = {}  # evaluation datasets, loaded once per run (first: a bad one fails early)
+    if recipe.evaluate is not None and is_main_process():
+        from diffembed.eval.datasets import load_dataset
+
+        for path in recipe.evaluate.datasets:
+            datasets[path] = load_dataset(path, split=recipe.evaluate.split)
     for stage in recipe.stages:
-        start = resolve_start(recipe, stage, done)
-        parent = next((name for name, path in done.items() if str(path) == start), None)
-        lineage[stage.name] = [*lineage.get(parent, []), stage.name] if parent else [stage.name]
         final = stage.out / "final"
+        if stage.kind == "merge":
+            inputs = merge_inputs(stage, done)
+            lineage[stage.name] = merge_lineage(stage, lineage)
+            fp = merge_fingerprint(stage, inputs, fingerprints)
+        else:
+            start = resolve_start(recipe, stage, done)
+            parent = next((name for name, path in done.items() if str(path) == start), None)
+            lineage[stage.name] = [*lineage.get(parent, []), stage.name] if parent else [stage.name]
         if only and stage.name not in only:
-            if not (final / PROVENANCE).is_file():
+            fp_saved = saved_fingerprint(final)
+            if fp_saved is None:
                 from diffembed.errors import DiffembedError
 
                 raise DiffembedError(f"stage {stage.name!r} has not finished; run it first (it is not in --only)")
-            done[stage.name] = final
+            done[stage.name], fingerprints[stage.name] = final, fp_saved
+            _evaluate(recipe, stage.name, final, fp_saved, datasets, on_stage)
+            continue
+        if stage.kind == "merge":
+            done[stage.name] = run_merge(recipe, stage, inputs, fp, lineage[stage.name], resume=resume,
+                                         on_stage=on_stage, progress=progress)
+            fingerprints[stage.name] = fp
+            _evaluate(recipe, stage.name, final, fp, datasets, on_stage)
             continue
         task = task_class(stage)(stage, start, max_length=recipe.model.max_length,
                                  gradient_checkpointing=recipe.model.gradient_checkpointing,
                                  provenance={"base_model": recipe.model.path, "lineage": lineage[stage.name]})
         fp = task.fingerprint()
         task.provenance["fingerprint"] = fp
+        fingerprints[stage.name] = fp
         if resume != "none" and finished(stage, fp):
             if on_stage:
                 on_stage(stage.name, f"already finished ({final}); skipped")
             done[stage.name] = final
+            _evaluate(recipe, stage.name, final, fp, datasets, on_stage)
             continue
         if on_stage:
             on_stage(stage.name, f"training from {start}")
         out = run_training(task, stage, resume=resume, on_log=on_log, progress=progress)
-        write_model_card(out, recipe, stage, lineage[stage.name], read_log(stage.out / "metrics.jsonl"))
+        if is_main_process():
+            write_model_card(out, recipe, stage, lineage[stage.name], read_log(stage.out / "metrics.jsonl"))
         done[stage.name] = out
+        _evaluate(recipe, stage.name, out, fp, datasets, on_stage)
+    if recipe.evaluate is not None and is_main_process():
+        from diffembed.training.recipe_results import write_summary
+
+        table, plot = write_summary(recipe, fingerprints)
+        if on_stage:
+            on_stage("results", f"wrote {table} and {plot}")
     return done
+
+
+def _evaluate(recipe: TrainRecipe, name: str, folder: Path, fingerprint: str, datasets: dict[str, Any],
+              on_stage: Callable[[str, str], None] | None) -> None:
+    if recipe.evaluate is None or not is_main_process():
+        return
+    from diffembed.training.recipe_results import evaluate_stage
+
+    evaluate_stage(recipe, name, folder, fingerprint, datasets=datasets, on_stage=on_stage)
+
+
+# ----------------------------------------------------------------------------------------- merge
+def merge_inputs(stage: StageConfig, done: dict[str, Path]) -> list[Path]:
+    """Each input's folder: an earlier stage's final/ or the folder as given."""
+    return [done[src] if src in done else Path(src).expanduser() for src in stage.inputs]
+
+
+def merge_lineage(stage: StageConfig, lineage: dict[str, list[str]]) -> list[str]:
+    """The stages behind every input, each once, in order, then the merge itself."""
+    names = [n for src in stage.inputs for n in lineage.get(src, [])]
+    return [*dict.fromkeys(names), stage.name]
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A folder that is no stage of this recipe: its saved fingerprint, else its files' names,
+    sizes and modification times."""
+    saved = saved_fingerprint(folder)
+    if saved:
+        return saved
+    if not folder.is_dir():
+        from diffembed.errors import ModelLoadError
+
+        raise ModelLoadError(f"merge input {folder} is no model folder")
+    files = sorted((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                   for p in folder.rglob("*") if p.is_file())
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
+
+
+def merge_fingerprint(stage: StageConfig, inputs: list[Path], fingerprints: dict[str, str]) -> str:
+    parts = [fingerprints[src] if src in fingerprints else folder_fingerprint(path)
+             for src, path in zip(stage.inputs, inputs)]
+    keep = {"kind": "merge", "inputs": parts, "method": stage.method, "t": stage.t, "weights": stage.weights}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def describe_merge(stage: StageConfig) -> str:
+    names = ", ".join(f"`{src}`" for src in stage.inputs)
+    if stage.method == "slerp":
+        a, b = stage.inputs
+        return f"SLERP (t = {stage.t:g}; t = 0 gives `{a}`, 1 gives `{b}`) of {names}"
+    how = f"weights {', '.join(f'{w:g}' for w in stage.weights)}" if stage.weights else "equal weights"
+    return f"mean ({how}) of {names}"
+
+
+def run_merge(recipe: TrainRecipe, stage: StageConfig, inputs: list[Path], fingerprint: str, lineage: list[str],
+              *, resume: str | None, on_stage: Callable[[str, str], None] | None, progress: bool) -> Path:
+    """Merge the inputs into <stage>/final with `diffembed merge`'s code, unless already done."""
+    final = stage.out / "final"
+    if resume != "none" and finished(stage, fingerprint):
+        if on_stage:
+            on_stage(stage.name, f"already finished ({final}); skipped")
+        return final
+    if not is_main_process():  # rank 0 merges; the others wait for its folder
+        while not finished(stage, fingerprint):
+            time.sleep(2)
+        return final
+    from diffembed.training.merge import merge_folders
+
+    if on_stage:
+        on_stage(stage.name, f"merging: {describe_merge(stage).replace('`', '')}")
+    result = merge_folders(inputs, final, method="slerp" if stage.method == "slerp" else "linear",
+                           t=stage.t if stage.method == "slerp" else None, weights=stage.weights,
+                           progress=progress and sys.stderr.isatty())
+    info = {"stage": stage.model_dump(mode="json"), "inputs": dict(zip(stage.inputs, map(str, inputs))),
+            "merge": result.to_dict(), "base_model": recipe.model.path, "lineage": lineage,
+            "fingerprint": fingerprint}
+    write_model_card(final, recipe, stage, lineage, [])
+    write_text(final / PROVENANCE, json.dumps(info, indent=2) + "\n")  # last: it marks the stage finished
+    return final
 
 
 def write_model_card(folder: Path, recipe: TrainRecipe, stage: StageConfig, lineage: list[str],
                      log: list[dict[str, Any]]) -> None:
     """README.md: base model, the stages that led here, data, steps and dev figures."""
     by_name = {s.name: s for s in recipe.stages}
-    lines = [f"# diffembed model: {stage.name}", "",
-             f"Trained with `diffembed train` from base model `{recipe.model.path}`.", "",
+    if stage.kind == "merge":
+        intro = (f"Made with `diffembed train` from base model `{recipe.model.path}`: stage `{stage.name}` is the "
+                 f"{describe_merge(stage)}, merged tensor by tensor with `diffembed merge`'s code.")
+    else:
+        intro = f"Trained with `diffembed train` from base model `{recipe.model.path}`."
+    lines = [f"# diffembed model: {stage.name}", "", intro, "",
              "| stage | kind | data | steps | batch | lr | temperature | quantization | matryoshka |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name in lineage:
         s = by_name[name]
+        if s.kind == "merge":
+            what = (f"SLERP t={s.t:g} of " if s.method == "slerp" else "mean of ") + ", ".join(s.inputs)
+            lines.append(f"| {name} | merge | {what} | - | - | - | - | - | - |")
+            continue
         lines.append(f"| {name} | {s.kind} | {', '.join(Path(p).name for p in s.data.train)} | {s.train.steps} | "
                      f"{s.batch.size} | {s.optim.lr:g} | {s.loss.temperature:g} | {s.loss.quantization} | "
                      f"{', '.join(map(str, s.loss.matryoshka_dims)) or '-'} |")
@@ -102,7 +237,7 @@ def write_model_card(folder: Path, recipe: TrainRecipe, stage: StageConfig, line
         info = json.loads((folder / PROVENANCE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         info = {}
-    if info.get("stopped_early"):
+    if info.get("stopped_early") and stage.train is not None:
         lines += ["", f"Stage `{stage.name}` stopped early at step {info['state']['step']} of {stage.train.steps}: "
                       f"its time budget (train.max_minutes = {stage.train.max_minutes}) ran out."]
     evals = [r for r in log if r.get("kind") == "eval" and "ndcg@10" in r]

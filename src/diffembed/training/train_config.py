@@ -2,8 +2,10 @@
 
 Each stage names its data, loss, batch, optimizer, schedule, steps and starting point: the previous
 stage (the default), a named earlier stage (so two stages can branch from one parent, as pplx-embed's
-contextual and triplet stages do), `base` (the recipe's model), or a model folder. Unknown fields
-are errors, reported by their dotted name before any model loads.
+contextual and triplet stages do), `base` (the recipe's model), or a model folder. A `merge` stage
+trains nothing: it merges earlier stages (or folders) with `diffembed merge`'s code, SLERP of two or
+the mean of N. An optional `evaluate` section scores every stage's output on dev datasets as it
+finishes. Unknown fields are errors, reported by their dotted name before any model loads.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from diffembed.training.sections import CheckpointSection, OptimSection, ScheduleSection, Section, TrainSection
 
 QUANTIZATION = ("float", "int8", "binary", "mixed")
+# the fields only training stages use, and those only merge stages use (each kind refuses the other's)
+TRAINING_FIELDS = ("start_from", "data", "loss", "batch", "optim", "schedule", "train", "checkpoint", "eval")
+MERGE_FIELDS = ("inputs", "method", "t", "weights")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -89,17 +94,34 @@ class StageEval(Section):
 
 class StageConfig(Section):
     name: str
-    kind: Literal["pairs", "triplets", "contextual"] = "pairs"
+    kind: Literal["pairs", "triplets", "contextual", "merge"] = "pairs"
     start_from: str = "previous"  # previous | base | <earlier stage name> | a model folder
-    data: StageData
+    data: StageData | None = None  # required by training stages; a merge stage has none
     loss: LossSection = Field(default_factory=LossSection)
     batch: BatchSection = Field(default_factory=BatchSection)
     optim: OptimSection = Field(default_factory=lambda: OptimSection(lr=2e-5, weight_decay=0.01))
     schedule: ScheduleSection = Field(default_factory=lambda: ScheduleSection(kind="linear", warmup_ratio=0.1))
-    train: TrainSection
+    train: TrainSection | None = None  # required by training stages; a merge stage has none
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     eval: StageEval = Field(default_factory=StageEval)
+    # kind: merge only. inputs: earlier stage names or model folders. slerp: exactly two, t = 0 gives
+    # the first and 1 the second (default 0.5); average: the (weighted) mean of two or more.
+    inputs: list[str] = Field(default_factory=list)
+    method: Literal["slerp", "average"] | None = None
+    t: float | None = Field(None, ge=0.0, le=1.0)
+    weights: list[float] | None = None
     output_dir: str = ""  # set by the runner: <recipe output_dir>/<name>
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_defaults(cls, data):
+        if isinstance(data, dict) and data.get("kind") == "merge":
+            data = dict(data)
+            if data.get("method") is None:
+                data["method"] = "slerp"
+            if data["method"] == "slerp" and data.get("t") is None:
+                data["t"] = 0.5
+        return data
 
     @field_validator("name")
     @classmethod
@@ -110,6 +132,16 @@ class StageConfig(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self):
+        if self.kind == "merge":
+            return self._merge_checks()
+        missing = [k for k in ("data", "train") if getattr(self, k) is None]
+        if missing:
+            what = "data and train sections" if len(missing) == 2 else f"a {missing[0]} section"
+            raise ValueError(f"a {self.kind} stage needs {what} (data.train: files, train.steps: a number)")
+        merge_only = [k for k in MERGE_FIELDS if getattr(self, k) not in (None, [])]
+        if merge_only:
+            raise ValueError(f"{', '.join(merge_only)} belong{'s' if len(merge_only) == 1 else ''} to merge stages "
+                             f"(kind: merge), not to a {self.kind} stage")
         self.schedule.resolve_warmup(self.train.steps)
         if self.kind == "triplets" and self.data.negatives == 0:
             raise ValueError("a triplets stage needs data.negatives >= 1")
@@ -127,15 +159,68 @@ class StageConfig(Section):
             raise ValueError(f"loss.mini_batch_size ({self.loss.mini_batch_size}) exceeds batch.size ({self.batch.size})")
         return self
 
+    def _merge_checks(self):
+        given = [k for k in TRAINING_FIELDS if k in self.model_fields_set and getattr(self, k) is not None]
+        if given:
+            raise ValueError(f"a merge stage trains nothing, so it takes no {', '.join(given)} (it merges its "
+                             "inputs, e.g. inputs: [contextual, triplets], method: slerp, t: 0.5)")
+        n = len(self.inputs)
+        if len(set(self.inputs)) != n:
+            raise ValueError(f"merge inputs repeat a model: {self.inputs}")
+        if self.method == "slerp":
+            if n != 2:
+                raise ValueError(f"method: slerp merges exactly two inputs, got {n} "
+                                 f"({', '.join(self.inputs) or 'none'}); method: average takes two or more")
+            if self.weights is not None:
+                raise ValueError("weights are for method: average; slerp takes t")
+        else:
+            if n < 2:
+                raise ValueError(f"method: average needs at least two inputs, got {n} ({', '.join(self.inputs) or 'none'})")
+            if self.t is not None:
+                raise ValueError("t is for method: slerp; average takes weights (one per input, default equal)")
+            if self.weights is not None and (len(self.weights) != n or any(w < 0 for w in self.weights)
+                                             or sum(self.weights) <= 0):
+                raise ValueError(f"weights must be {n} non-negative numbers (one per input) with a positive sum")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """Each kind's own fields only, so a dumped recipe (train --dry-run) loads again."""
+        data = handler(self)
+        drop = TRAINING_FIELDS if self.kind == "merge" else MERGE_FIELDS
+        return {k: v for k, v in data.items() if k not in drop}
+
     @property
     def out(self) -> Path:
         return Path(self.output_dir)
+
+
+def _looks_like_path(src: str) -> bool:
+    return "/" in src or src.startswith((".", "~"))
+
+
+class EvaluateSection(Section):
+    """Score every stage's final folder as it finishes, with `diffembed eval`'s code."""
+
+    # BEIR folders (corpus.jsonl) and/or contextual ones (documents.jsonl, scored per mode)
+    datasets: list[str] = Field(..., min_length=1)
+    max_queries: int | None = Field(None, gt=0)  # the first N judged queries (by id) of each dataset
+    precisions: list[Literal["float32", "int8", "binary"]] = Field(default_factory=lambda: ["float32"], min_length=1)
+    modes: list[Literal["naive", "late"]] = Field(default_factory=lambda: ["naive", "late"], min_length=1)
+    split: str = "test"  # qrels/<split>.tsv
+    device: str | None = None  # the Embedder's device (None: CUDA when available, else CPU)
+
+    @field_validator("precisions", "modes")
+    @classmethod
+    def _unique(cls, v):
+        return list(dict.fromkeys(v))
 
 
 class TrainRecipe(Section):
     output_dir: str = Field(..., min_length=1)
     model: BaseModelSection = Field(default_factory=BaseModelSection)
     stages: list[StageConfig] = Field(..., min_length=1)
+    evaluate: EvaluateSection | None = None  # off unless given
 
     @model_validator(mode="after")
     def _stage_graph(self):
@@ -143,11 +228,16 @@ class TrainRecipe(Section):
         for stage in self.stages:
             if stage.name in seen:
                 raise ValueError(f"two stages are named {stage.name!r}")
-            src = stage.start_from
-            looks_like_path = "/" in src or src.startswith((".", "~"))
-            if src not in ("previous", "base") and src not in seen and not looks_like_path:
-                raise ValueError(f"stage {stage.name!r} starts from {src!r}, which is no earlier stage "
-                                 f"(earlier: {', '.join(seen) or 'none'}), 'base', 'previous' or a folder path")
+            if stage.kind == "merge":
+                for src in stage.inputs:
+                    if src not in seen and not _looks_like_path(src):
+                        raise ValueError(f"merge stage {stage.name!r} takes {src!r}, which is no earlier stage "
+                                         f"(earlier: {', '.join(seen) or 'none'}) or a folder path")
+            else:
+                src = stage.start_from
+                if src not in ("previous", "base") and src not in seen and not _looks_like_path(src):
+                    raise ValueError(f"stage {stage.name!r} starts from {src!r}, which is no earlier stage "
+                                     f"(earlier: {', '.join(seen) or 'none'}), 'base', 'previous' or a folder path")
             seen.append(stage.name)
             stage.output_dir = str(Path(self.output_dir) / stage.name)
         return self
@@ -155,3 +245,7 @@ class TrainRecipe(Section):
     @property
     def out(self) -> Path:
         return Path(self.output_dir)
+
+
+def _looks_like_path(src: str) -> bool:
+    return "/" in src or src.startswith((".", "~"))
