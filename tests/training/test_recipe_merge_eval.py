@@ -179,7 +179,10 @@ def test_a_changed_t_merges_and_scores_that_stage_again(run, setup):
 
     cfg, outputs, _ = run
     root, model, pairs, dev = setup
-    changed = TrainRecipe.model_validate(_recipe(root, model, pairs, dev, t=0.7))
+    # without "tuned": trained from the merge, it would now be retrained (its parent changed), and its
+    # old checkpoints would refuse the new settings (test_a_retrained_parent_changes_its_childs_fingerprint)
+    stages = [st for st in _recipe(root, model, pairs, dev, t=0.7)["stages"] if st["name"] != "tuned"]
+    changed = TrainRecipe.model_validate(_recipe(root, model, pairs, dev, t=0.7, stages=stages))
     messages = []
     run_recipe(changed, progress=False, on_stage=lambda n, w: messages.append((n, w)))
     assert [n for n, w in messages if w.startswith("merging")] == ["merged"]
@@ -191,6 +194,18 @@ def test_a_changed_t_merges_and_scores_that_stage_again(run, setup):
     body = [line for line in (cfg.out / "results.md").read_text().splitlines() if line.startswith("| merged ")]
     new = {r["ndcg@10"] for r in rows[36:] if r["name"] == "dev-beir" and r["precision"] == "float32"}
     assert len(body) == 1 and body[0].split(" | ")[2] == f"{new.pop():.4f}"
+
+
+def test_a_retrained_parent_changes_its_childs_fingerprint(setup):
+    """A stage trained from another stage is not skipped as finished once that parent has changed."""
+    from diffembed.training.contrastive import ContrastiveTask
+    from diffembed.training.train_config import StageConfig
+
+    root, model, pairs, _ = setup
+    stage = StageConfig.model_validate({**_stage("child", pairs), "output_dir": str(root / "child")})
+    fps = [ContrastiveTask(stage, model, provenance=p).fingerprint()
+           for p in ({}, {"parent_fingerprint": "aaaa"}, {"parent_fingerprint": "bbbb"}, {"parent_fingerprint": "aaaa"})]
+    assert len(set(fps[:3])) == 3 and fps[1] == fps[3]
 
 
 def _bad(tmp_path, stages, match):

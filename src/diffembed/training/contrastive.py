@@ -194,6 +194,8 @@ class ContrastiveTask(TrainingTask):
         keep = {"start": self.start_path, "data": rows_fingerprint(self.rows), "seed": s.train.seed,
                 "batch": s.batch.model_dump(mode="json"), "loss": s.loss.model_dump(mode="json"),
                 "max_length": self.max_length}
+        if self.provenance.get("parent_fingerprint"):  # a retrained parent stage retrains this one too
+            keep["parent"] = self.provenance["parent_fingerprint"]
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
     # ----------------------------------------------------------------------------- data

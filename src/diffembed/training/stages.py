@@ -107,7 +107,8 @@ def run_recipe(recipe: TrainRecipe, *, resume: str | None = "auto", only: list[s
             continue
         task = task_class(stage)(stage, start, max_length=recipe.model.max_length,
                                  gradient_checkpointing=recipe.model.gradient_checkpointing,
-                                 provenance={"base_model": recipe.model.path, "lineage": lineage[stage.name]})
+                                 provenance={"base_model": recipe.model.path, "lineage": lineage[stage.name],
+                                             **({"parent_fingerprint": fingerprints[parent]} if parent else {})})
         fp = task.fingerprint()
         task.provenance["fingerprint"] = fp
         fingerprints[stage.name] = fp
