@@ -50,7 +50,7 @@ def test_add_search_rm_info(built, monkeypatch, capsys):
 
     code, out, err = run_cli(["index", "info", "--index", ix], monkeypatch, capsys)
     info = json.loads(out)
-    assert info["documents"] == 7 and info["settings"]["mode"] == "late"
+    assert info["documents"] == 7 and info["settings"]["mode"] == "naive"
     assert info["bytes_per_vector"] == {"first_pass_bits_in_memory": 48, "int8_on_disk": 384, "float32_equivalent": 1536}
 
 
@@ -62,7 +62,7 @@ def test_user_errors_are_one_line_exit_2(built, tmp_path, monkeypatch, capsys):
         (["index", "rm", "no-such-doc", "--index", ix], "not in the index"),
         (["search", "x", "--index", ix, "--mode", "fuzzy"], "unknown search mode"),
         (["search", "x", "--index", ix, "-k", "0"], "k must be"),
-        (["index", "add", docs, "--index", ix, "--mode", "naive"], "mode=late"),
+        (["index", "add", docs, "--index", ix, "--mode", "late"], "mode=naive"),
     ]
     for args, needle in cases:
         code, out, err = run_cli(args, monkeypatch, capsys)

@@ -55,7 +55,7 @@ def test_add_is_idempotent_and_updates_replace(tmp_path, qwen, tiny_dir):
 
 
 def test_stored_vectors_are_the_late_chunked_embeddings(tmp_path, qwen, tiny_dir):
-    corpus, store, settings, _ = build(tmp_path, qwen, str(tiny_dir("qwen3")))
+    corpus, store, settings, _ = build(tmp_path, qwen, str(tiny_dir("qwen3")), mode="late")
     text = TEXTS["b.txt"]
     expected = qwen.encode_documents([text], chunk_tokens=8, precision="int8")[0]
     bits = qwen.encode_documents([text], chunk_tokens=8, precision="ubinary")[0]
@@ -65,15 +65,16 @@ def test_stored_vectors_are_the_late_chunked_embeddings(tmp_path, qwen, tiny_dir
     assert np.array_equal(np.stack([np.frombuffer(r[3], np.uint8) for r in rows]), bits.embeddings)
 
 
-def test_naive_mode_stores_independent_chunk_embeddings(tmp_path, qwen, tiny_dir):
-    corpus, store, settings, _ = build(tmp_path, qwen, str(tiny_dir("qwen3")), mode="naive")
+def test_naive_mode_is_the_default_and_stores_independent_chunk_embeddings(tmp_path, qwen, tiny_dir):
+    corpus, store, settings, _ = build(tmp_path, qwen, str(tiny_dir("qwen3")))
+    assert settings.mode == "naive" and store.settings["mode"] == "naive"
     rows = store.db.execute("SELECT text, int8 FROM chunks WHERE doc_id = 'corpus/b.txt' ORDER BY chunk_index").fetchall()
     expected = qwen.encode([t for t, _ in rows], precision="int8")
     assert np.array_equal(np.stack([np.frombuffer(r[1], np.int8) for r in rows]), expected)
 
 
 def test_settings_conflicts_and_model_mismatch(tmp_path, qwen, tiny_dir):
-    corpus, store, settings, _ = build(tmp_path, qwen, str(tiny_dir("qwen3")))
+    corpus, store, settings, _ = build(tmp_path, qwen, str(tiny_dir("qwen3")), mode="late")
     store.close()
     with pytest.raises(InputError, match="mode=late.*mode=naive"):
         open_for_adding(tmp_path / "ix", embedder=qwen, mode="naive")

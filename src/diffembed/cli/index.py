@@ -14,7 +14,7 @@ from diffembed.errors import IndexStoreError
 from diffembed.extras import require_extra
 
 index_app = typer.Typer(
-    help="Build and maintain an on-disk index of late-chunked document chunks (SQLite + faiss binary).",
+    help="Build and maintain an on-disk index of document chunks, embedded alone or late-chunked (SQLite + faiss binary).",
     no_args_is_help=True,
 )
 
@@ -39,8 +39,8 @@ def add(
     index: Path = IndexOpt,
     model: str = typer.Option(None, "--model", "-m", help="Model for a new index (default: packaged all-MiniLM-L6-v2); "
                               "an existing index uses its own and refuses a different one."),
-    mode: str = typer.Option(None, help="late (chunks pooled from one pass over the whole document, the default) "
-                             "or naive (each chunk embedded alone). Fixed when the index is created."),
+    mode: str = typer.Option(None, help="naive (each chunk embedded alone, the default) or late (chunks pooled from one "
+                             "pass over the whole document). Fixed when the index is created."),
     chunk_tokens: int = typer.Option(None, help="Tokens per chunk for a new index (default: a quarter of the model window, at most 256)."),
     batch_docs: int = typer.Option(16, help="Documents per transaction: a kill loses at most this batch."),
     batch_tokens: int = typer.Option(None, help="Padded-token budget per forward batch."),

@@ -21,8 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from diffembed.errors import DataFileError, InputError
-from diffembed.index.settings import (MODES, IndexSettings, check_same_model, content_hash, model_reference,
-                                      settings_for)
+from diffembed.index.settings import (DEFAULT_MODE, MODES, IndexSettings, check_same_model, content_hash,
+                                      model_reference, settings_for)
 from diffembed.index.sources import (SourceDocument, check_documents, collect_files, default_root, doc_id_for,
                                      files_under, read_documents)
 from diffembed.index.store import IndexStore, NewDocument
@@ -79,7 +79,7 @@ def open_for_adding(folder: str | Path, *, model: str | None = None, embedder=No
     stored = store.settings
     if stored is None:
         embedder = embedder or Embedder(model, device=device, dtype=dtype, batch_tokens=batch_tokens)
-        settings = settings_for(embedder, model_reference(model), chunk_tokens=chunk_tokens, mode=mode or "late")
+        settings = settings_for(embedder, model_reference(model), chunk_tokens=chunk_tokens, mode=mode or DEFAULT_MODE)
         if settings.chunk_tokens < 1:
             raise InputError("chunk_tokens must be positive")
         store.set_settings(settings.to_dict())
