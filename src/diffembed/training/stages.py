@@ -32,6 +32,17 @@ def resolve_start(recipe: TrainRecipe, stage: StageConfig, done: dict[str, Path]
     return src  # a folder path (validated as such by the recipe)
 
 
+def check_attention(recipe: TrainRecipe) -> None:
+    """``model.attention: causal`` needs a decoder base model (stages load their own start folders
+    and check again)."""
+    from diffembed.modeling.layout import read_model_spec
+    from diffembed.modeling.loader import resolve_model_path
+    from diffembed.training.contrastive import check_causal_backbone
+
+    folder, name = resolve_model_path(recipe.model.path)
+    check_causal_backbone(read_model_spec(folder), f"model.path {name}")
+
+
 def task_class(stage: StageConfig):
     """The training task for the stage's kind."""
     if stage.kind == "contextual":
@@ -75,6 +86,11 @@ def run_recipe(recipe: TrainRecipe, *, resume: str | None = "auto", only: list[s
     fingerprints: dict[str, str] = {}
     lineage: dict[str, list[str]] = {}
     datasets: dict[str, Any] = {}  # evaluation datasets, loaded once per run (first: a bad one fails early)
+    causal = recipe.model.attention == "causal"
+    first = recipe.stages[0]
+    if causal and (any(s.kind != "merge" and s.start_from == "base" for s in recipe.stages)
+                   or (first.kind != "merge" and first.start_from == "previous")):
+        check_attention(recipe)  # an encoder base with attention: causal fails before any stage runs
     if recipe.evaluate is not None and is_main_process():
         from diffembed.eval.datasets import load_dataset
 
@@ -107,7 +123,9 @@ def run_recipe(recipe: TrainRecipe, *, resume: str | None = "auto", only: list[s
             continue
         task = task_class(stage)(stage, start, max_length=recipe.model.max_length,
                                  gradient_checkpointing=recipe.model.gradient_checkpointing,
+                                 attention=recipe.model.attention,
                                  provenance={"base_model": recipe.model.path, "lineage": lineage[stage.name],
+                                             **({"attention": recipe.model.attention} if causal else {}),
                                              **({"parent_fingerprint": fingerprints[parent]} if parent else {})})
         fp = task.fingerprint()
         task.provenance["fingerprint"] = fp
@@ -222,6 +240,10 @@ def write_model_card(folder: Path, recipe: TrainRecipe, stage: StageConfig, line
                  f"{describe_merge(stage)}, merged tensor by tensor with `diffembed merge`'s code.")
     else:
         intro = f"Trained with `diffembed train` from base model `{recipe.model.path}`."
+    causal = recipe.model.attention == "causal"
+    if causal:
+        intro += (" Attention stays causal (`model.attention: causal`; config.json records `is_causal: true`) and "
+                  "the vector is the last token's state, an EOS the tokenizer appends to every text.")
     lines = [f"# diffembed model: {stage.name}", "", intro, "",
              "| stage | kind | data | steps | batch | lr | temperature | quantization | matryoshka |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -251,6 +273,7 @@ def write_model_card(folder: Path, recipe: TrainRecipe, stage: StageConfig, line
                       f"{last['step']}."]
     lines += ["", "Load it with `diffembed.Embedder(path)`, `diffembed serve --model path` or "
                   "`sentence_transformers.SentenceTransformer(path)`. Its int8 output is "
-                  "`round(127 * tanh(x))` of the mean-pooled vector and binary is its sign "
+                  f"`round(127 * tanh(x))` of the {'last-token' if causal else 'mean-pooled'} vector and "
+                  "binary is its sign "
                   "(`precision=\"int8\"` / `\"binary\"`).", ""]
     write_text(folder / "README.md", "\n".join(lines))

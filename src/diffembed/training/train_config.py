@@ -31,6 +31,10 @@ class BaseModelSection(Section):
     max_length: int | None = Field(None, gt=0)  # tokens per text; None keeps the model's own
     # every stage recomputes activations in the backward pass (bounded memory for long documents)
     gradient_checkpointing: bool = False
+    # a decoder backbone's attention in every stage and the export: bidirectional (config.is_causal =
+    # False, the runtime's pooling), or causal with last-token pooling on an EOS appended to every text
+    # (the export's config.json records is_causal: true). An encoder takes bidirectional only.
+    attention: Literal["bidirectional", "causal"] = "bidirectional"
 
 
 class StageData(Section):
