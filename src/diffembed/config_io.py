@@ -116,7 +116,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        # a tagged union's tag (e.g. a recipe stage's "kind:pretrain") is no field: leave it out
+        where = ".".join(str(p) for p in err["loc"] if not str(p).startswith("kind:")) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"

@@ -23,12 +23,13 @@ def train(
                                                           "recipe, and stop."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-evaluation lines."),
 ) -> None:
-    """Train an embedding model through the recipe's stages (pairs, triplets, contextual, merge).
+    """Train an embedding model through the recipe's stages (pretrain, pairs, triplets, contextual, merge).
 
     Override any field after the options, stages by index:
     `diffembed train -c recipe.yaml stages.0.train.steps=50 output_dir=runs/try`.
     Each stage writes output_dir/<stage>/metrics.jsonl, checkpoints/ and final/ (a sentence-transformers
-    folder that Embedder, serve and SentenceTransformer load). A merge stage SLERPs (or averages) earlier
+    folder that Embedder, serve and SentenceTransformer load). A pretrain stage (stage 0) runs
+    `diffembed pretrain` on a decoder with the same sections. A merge stage SLERPs (or averages) earlier
     stages; an `evaluate` section scores every stage as it finishes into output_dir/results.jsonl,
     results.md and results.png.
     """
@@ -60,6 +61,20 @@ def train(
                     raise ModelLoadError(f"merge stage {stage.name!r}: input folder {absent[0]} does not exist")
                 err_console.print(f"stage {stage.name}: {how} merge of {', '.join(stage.inputs)}", highlight=False)
                 continue
+            if stage.kind == "pretrain":
+                from diffembed.training.text_stream import list_files
+
+                d, t = stage.data, stage.train
+                first = stage is recipe.stages[0]
+                start = recipe.model.path if stage.start_from == "base" or (first and stage.start_from == "previous") \
+                    else stage.start_from
+                n_eval = len(list_files(d.eval)) if d.eval else 0
+                held = f"{d.heldout_fraction:.1%} of documents held out" if d.heldout_fraction else "none held out"
+                err_console.print(f"stage {stage.name}: {stage.objective.kind} pretraining from {start}, "
+                                  f"{len(list_files(d.train))} training files ({held}), {n_eval} separate eval "
+                                  f"files, {t.steps} steps of {t.micro_batch_size * t.grad_accum} x {d.seq_len} "
+                                  "tokens", highlight=False)
+                continue
             if stage.kind == "contextual":
                 what = f"{len(read_documents(stage.data.train))} training documents"
             else:
@@ -81,6 +96,9 @@ def train(
     from diffembed.training.stages import run_recipe
 
     def show_eval(record: dict) -> None:
+        if not quiet and record["kind"] == "eval" and "eval_loss" in record:  # a pretrain stage
+            err_console.print(f"step {record['step']}: {record['set']} loss {record['eval_loss']:.4f}, "
+                              f"masked acc {record['eval_acc']:.4f}", highlight=False)
         if not quiet and record["kind"] == "eval" and "ndcg@10" in record:
             mode = f", {record['mode']}" if record.get("mode") else ""
             err_console.print(f"step {record['step']}: dev nDCG@10 {record['ndcg@10']:.4f} "

@@ -11,12 +11,13 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from diffembed.atomic import write_text
 from diffembed.training.run_log import read_log
-from diffembed.training.train_config import StageConfig, TrainRecipe
+from diffembed.training.train_config import PretrainStageConfig, StageConfig, TrainRecipe
 
 PROVENANCE = "diffembed_train.json"
 
@@ -121,6 +122,12 @@ def run_recipe(recipe: TrainRecipe, *, resume: str | None = "auto", only: list[s
             fingerprints[stage.name] = fp
             _evaluate(recipe, stage.name, final, fp, datasets, on_stage)
             continue
+        if stage.kind == "pretrain":
+            done[stage.name], fingerprints[stage.name] = run_pretrain_stage(
+                recipe, stage, start, lineage[stage.name], fingerprints.get(parent) if parent else None,
+                resume=resume, on_log=on_log, on_stage=on_stage, progress=progress)
+            _evaluate(recipe, stage.name, final, fingerprints[stage.name], datasets, on_stage)
+            continue
         task = task_class(stage)(stage, start, max_length=recipe.model.max_length,
                                  gradient_checkpointing=recipe.model.gradient_checkpointing,
                                  attention=recipe.model.attention,
@@ -159,6 +166,74 @@ def _evaluate(recipe: TrainRecipe, name: str, folder: Path, fingerprint: str, da
     from diffembed.training.recipe_results import evaluate_stage
 
     evaluate_stage(recipe, name, folder, fingerprint, datasets=datasets, on_stage=on_stage)
+
+
+# -------------------------------------------------------------------------------------- pretrain
+def pretrain_config(recipe: TrainRecipe, stage: PretrainStageConfig, start: str):
+    """The `diffembed pretrain` config the stage runs: its sections, the start as model.path, and
+    <output_dir>/<name> as the output folder."""
+    from diffembed.training.pretrain_config import ModelSection, PretrainConfig
+
+    opts = stage.model.model_dump()
+    if opts["gradient_checkpointing"] is None:
+        opts["gradient_checkpointing"] = recipe.model.gradient_checkpointing
+    sections = stage.model_dump(include={"objective", "data", "optim", "schedule", "train", "checkpoint", "eval"})
+    return PretrainConfig.model_validate({"output_dir": stage.output_dir, "model": ModelSection(path=start, **opts)
+                                         .model_dump(), **sections})
+
+
+def pretrain_fingerprints(cfg, parent_fingerprint: str | None) -> tuple[str, str]:
+    """(resume, finished): what a checkpoint must share to be continued (`diffembed pretrain`'s stream
+    fingerprint: model, objective, data, seed) and what a finished stage must share to be skipped
+    (that plus steps, batch shape, optimizer and schedule). Both carry the parent stage's fingerprint,
+    so a retrained parent retrains (and refuses the old checkpoints of) this stage."""
+    from diffembed.training.pretrain import stream_fingerprint
+
+    resume_keep = {"stream": stream_fingerprint(cfg), "parent": parent_fingerprint}
+    resume_fp = hashlib.sha256(json.dumps(resume_keep, sort_keys=True).encode()).hexdigest()[:16]
+    t = cfg.train
+    keep = {"resume": resume_fp, "steps": t.steps, "micro_batch_size": t.micro_batch_size, "grad_accum": t.grad_accum,
+            "precision": t.precision, "optim": cfg.optim.model_dump(mode="json"),
+            "schedule": cfg.schedule.model_dump(mode="json")}
+    return resume_fp, hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_pretrain_stage(recipe: TrainRecipe, stage: PretrainStageConfig, start: str, lineage: list[str],
+                       parent_fingerprint: str | None, *, resume: str | None,
+                       on_log: Callable[[dict[str, Any]], None] | None, on_stage: Callable[[str, str], None] | None,
+                       progress: bool) -> tuple[Path, str]:
+    """Stage 0 with `diffembed pretrain`'s task and loop into <stage>/final (skipped when finished with
+    the same settings, resumed from its newest checkpoint when interrupted); returns (folder, fingerprint)."""
+    from diffembed.training.loop import run_training
+    from diffembed.training.pretrain import PretrainTask
+
+    cfg = pretrain_config(recipe, stage, start)
+    resume_fp, fp = pretrain_fingerprints(cfg, parent_fingerprint)
+    final = stage.out / "final"
+    if resume != "none" and finished(stage, fp):
+        if on_stage:
+            on_stage(stage.name, f"already finished ({final}); skipped")
+        return final, fp
+    info = {"stage": stage.model_dump(mode="json"), "start_from": start, "base_model": recipe.model.path,
+            "lineage": lineage, **({"parent_fingerprint": parent_fingerprint} if parent_fingerprint else {}),
+            "fingerprint": fp}
+
+    class StageTask(PretrainTask):
+        name = stage.name
+
+        def fingerprint(self) -> str:
+            return resume_fp
+
+        def export(self, model, state, *, stopped_early: bool, world_size: int) -> Path:
+            out = super().export(model, state, stopped_early=stopped_early, world_size=world_size)
+            write_text(out / PROVENANCE, json.dumps({**info, "state": asdict(state), "stopped_early": stopped_early,
+                                                     "world_size": world_size}, indent=2) + "\n")
+            write_model_card(out, recipe, stage, lineage, read_log(stage.out / "metrics.jsonl"))
+            return out
+
+    if on_stage:
+        on_stage(stage.name, f"pretraining ({stage.objective.kind}) from {start}")
+    return run_training(StageTask(cfg), cfg, resume=resume, on_log=on_log, progress=progress), fp
 
 
 # ----------------------------------------------------------------------------------------- merge
@@ -238,6 +313,13 @@ def write_model_card(folder: Path, recipe: TrainRecipe, stage: StageConfig, line
     if stage.kind == "merge":
         intro = (f"Made with `diffembed train` from base model `{recipe.model.path}`: stage `{stage.name}` is the "
                  f"{describe_merge(stage)}, merged tensor by tensor with `diffembed merge`'s code.")
+    elif stage.kind == "pretrain":
+        ob = stage.objective
+        how = (f"masked diffusion (t ~ U({ob.eps:g}, 1))" if ob.kind == "diffusion"
+               else f"MNTP (mask rate {ob.mask_rate:g})")
+        intro = (f"Made with `diffembed train` from base model `{recipe.model.path}`: stage `{stage.name}` is stage 0, "
+                 f"continued pretraining with {how} under bidirectional attention, by `diffembed pretrain`'s code. "
+                 "The LM head is dropped; the embedding stages of the recipe start from this backbone.")
     else:
         intro = f"Trained with `diffembed train` from base model `{recipe.model.path}`."
     causal = recipe.model.attention == "causal"
@@ -253,6 +335,12 @@ def write_model_card(folder: Path, recipe: TrainRecipe, stage: StageConfig, line
             what = (f"SLERP t={s.t:g} of " if s.method == "slerp" else "mean of ") + ", ".join(s.inputs)
             lines.append(f"| {name} | merge | {what} | - | - | - | - | - | - |")
             continue
+        if s.kind == "pretrain":
+            files = ", ".join(Path(p).name for p in s.data.train)
+            rows = s.train.micro_batch_size * s.train.grad_accum
+            lines.append(f"| {name} | pretrain ({s.objective.kind}) | {files} | {s.train.steps} | "
+                         f"{rows} x {s.data.seq_len} tokens | {s.optim.lr:g} | - | - | - |")
+            continue
         lines.append(f"| {name} | {s.kind} | {', '.join(Path(p).name for p in s.data.train)} | {s.train.steps} | "
                      f"{s.batch.size} | {s.optim.lr:g} | {s.loss.temperature:g} | {s.loss.quantization} | "
                      f"{', '.join(map(str, s.loss.matryoshka_dims)) or '-'} |")
@@ -263,6 +351,12 @@ def write_model_card(folder: Path, recipe: TrainRecipe, stage: StageConfig, line
     if info.get("stopped_early") and stage.train is not None:
         lines += ["", f"Stage `{stage.name}` stopped early at step {info['state']['step']} of {stage.train.steps}: "
                       f"its time budget (train.max_minutes = {stage.train.max_minutes}) ran out."]
+    for held in dict.fromkeys(r["set"] for r in log if r.get("kind") == "eval" and "eval_loss" in r):
+        rows = [r for r in log if r.get("kind") == "eval" and r.get("set") == held]
+        first, last = rows[0], rows[-1]
+        lines += ["", f"Held-out `{held}` rows (fixed masks): loss {first['eval_loss']:.4f}, masked-token accuracy "
+                      f"{first['eval_acc']:.4f} at step {first['step']} -> {last['eval_loss']:.4f}, "
+                      f"{last['eval_acc']:.4f} at step {last['step']}."]
     evals = [r for r in log if r.get("kind") == "eval" and "ndcg@10" in r]
     for mode in dict.fromkeys(r.get("mode") for r in evals):
         rows = [r for r in evals if r.get("mode") == mode]

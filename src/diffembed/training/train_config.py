@@ -5,17 +5,21 @@ stage (the default), a named earlier stage (so two stages can branch from one pa
 contextual and triplet stages do), `base` (the recipe's model), or a model folder. A `merge` stage
 trains nothing: it merges earlier stages (or folders) with `diffembed merge`'s code, SLERP of two or
 the mean of N. An optional `evaluate` section scores every stage's output on dev datasets as it
-finishes. Unknown fields are errors, reported by their dotted name before any model loads.
+finishes. A `pretrain` stage (stage 0) continues pretraining a decoder with `diffembed pretrain`'s
+settings and code (masked diffusion or MNTP), so one recipe runs from a causal LM to a merged embedder.
+Unknown fields are errors, reported by their dotted name before any model loads.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, field_validator, model_serializer, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_serializer, model_validator
 
+from diffembed.training.pretrain_config import (DataSection, EvalSection, LoraConfig, ModelSection, ObjectiveSection,
+                                                PretrainTrainSection)
 from diffembed.training.sections import CheckpointSection, OptimSection, ScheduleSection, Section, TrainSection
 
 QUANTIZATION = ("float", "int8", "binary", "mixed")
@@ -23,6 +27,12 @@ QUANTIZATION = ("float", "int8", "binary", "mixed")
 TRAINING_FIELDS = ("start_from", "data", "loss", "batch", "optim", "schedule", "train", "checkpoint", "eval")
 MERGE_FIELDS = ("inputs", "method", "t", "weights")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _valid_name(v: str) -> str:
+    if not _NAME.match(v) or v in ("base", "previous"):
+        raise ValueError(f"stage name {v!r} must be letters, digits, '.', '_' or '-' and not base/previous")
+    return v
 
 
 class BaseModelSection(Section):
@@ -130,9 +140,7 @@ class StageConfig(Section):
     @field_validator("name")
     @classmethod
     def _name(cls, v):
-        if not _NAME.match(v) or v in ("base", "previous"):
-            raise ValueError(f"stage name {v!r} must be letters, digits, '.', '_' or '-' and not base/previous")
-        return v
+        return _valid_name(v)
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -199,6 +207,71 @@ class StageConfig(Section):
         return Path(self.output_dir)
 
 
+class PretrainModelOptions(Section):
+    """`diffembed pretrain`'s model section without `path` (the stage's start is its model)."""
+
+    dtype: Literal["float32", "bfloat16"] = ModelSection.model_fields["dtype"].default
+    attn_implementation: Literal["sdpa", "eager"] = ModelSection.model_fields["attn_implementation"].default
+    # None: the recipe's model.gradient_checkpointing
+    gradient_checkpointing: bool | None = None
+    lora: LoraConfig | None = None
+
+
+class PretrainStageConfig(Section):
+    """Stage 0 (`kind: pretrain`): `diffembed pretrain`'s sections (objective, data, optim, schedule,
+    train, checkpoint, eval and the model options), run by its code from the stage's start."""
+
+    name: str
+    kind: Literal["pretrain"]
+    start_from: str = "previous"  # previous (the recipe's model when first) | base | <earlier stage> | a folder
+    model: PretrainModelOptions = Field(default_factory=PretrainModelOptions)
+    objective: ObjectiveSection = Field(default_factory=ObjectiveSection)
+    data: DataSection
+    optim: OptimSection = Field(default_factory=OptimSection)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    train: PretrainTrainSection
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    output_dir: str = ""  # set by the runner: <recipe output_dir>/<name>
+
+    @model_validator(mode="before")
+    @classmethod
+    def _foreign_fields(cls, data):
+        if isinstance(data, dict):
+            other = [k for k in ("loss", "batch", *MERGE_FIELDS) if k in data]
+            if other:
+                raise ValueError(f"a pretrain stage takes no {', '.join(other)} (those belong to pairs/triplets/"
+                                 "contextual or merge stages); it takes diffembed pretrain's sections: objective, "
+                                 "data, optim, schedule, train, checkpoint, eval and model options")
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        return _valid_name(v)
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        self.schedule.resolve_warmup(self.train.steps)
+        if not self.data.eval and self.data.heldout_fraction == 0.0:
+            raise ValueError("no held-out data: set data.eval sources or data.heldout_fraction > 0")
+        return self
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir)
+
+
+def _stage_kind(value: Any) -> str:
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return "kind:pretrain" if kind == "pretrain" else "kind:stage"
+
+
+# a stage is a pretrain stage when its kind says so, else a pairs/triplets/contextual/merge stage
+AnyStage = Annotated[Union[Annotated[StageConfig, Tag("kind:stage")],
+                           Annotated[PretrainStageConfig, Tag("kind:pretrain")]], Discriminator(_stage_kind)]
+
+
 def _looks_like_path(src: str) -> bool:
     return "/" in src or src.startswith((".", "~"))
 
@@ -223,11 +296,16 @@ class EvaluateSection(Section):
 class TrainRecipe(Section):
     output_dir: str = Field(..., min_length=1)
     model: BaseModelSection = Field(default_factory=BaseModelSection)
-    stages: list[StageConfig] = Field(..., min_length=1)
+    stages: list[AnyStage] = Field(..., min_length=1)
     evaluate: EvaluateSection | None = None  # off unless given
 
     @model_validator(mode="after")
     def _stage_graph(self):
+        pretrain = [s.name for s in self.stages if s.kind == "pretrain"]
+        if pretrain and self.model.attention == "causal":
+            raise ValueError(f"model.attention: causal keeps the decoder causal with no stage 0, but stage "
+                             f"{pretrain[0]!r} is kind: pretrain (bidirectional masked pretraining): drop the "
+                             "pretrain stage, or use attention: bidirectional")
         seen: list[str] = []
         for stage in self.stages:
             if stage.name in seen:
