@@ -37,7 +37,9 @@ def table(folder: Path, dataset: str) -> str:
     return "\n".join(lines)
 
 
-CONTEXTUAL_ARMS = [("minilm-start", "all-MiniLM-L6-v2 (start)"), ("minilm-contextual", "contextual stage from MiniLM"),
+CONTEXTUAL_ARMS = [("minilm-start", "all-MiniLM-L6-v2 (start)"),
+                   ("minilm-contextual", "contextual stage, lambda 0.5 (187 steps)"),
+                   ("minilm-contextual-lam08", "contextual stage, lambda 0.8 (166 steps)"),
                    ("pairs-start", "pairs-stage output (start)"), ("pairs-contextual", "contextual stage from the pairs output")]
 
 

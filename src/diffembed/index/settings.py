@@ -18,7 +18,7 @@ PROBE_TEXT = "diffembed index probe: a short sentence about rivers, cities and m
 PROBE_MIN_COSINE = 0.99
 MODES = ("late", "naive")
 # A new index embeds each chunk alone unless told otherwise: on SQuAD dev chunk retrieval naive beat
-# late with every model measured, the contextual stage's output included (0.669 vs 0.599 nDCG@10;
+# late with every model measured, the contextual stage's output included (0.676 vs 0.610 nDCG@10;
 # docs/training-results.md). `--mode late` is one flag away for models that gain from it.
 DEFAULT_MODE = "naive"
 
