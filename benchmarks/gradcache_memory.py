@@ -29,6 +29,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,16 +70,16 @@ def child(kind: str, n: int, mini: int, threads: int) -> dict:
     from diffembed.training.train_config import StageConfig
 
     torch.set_num_threads(threads)
+    q, p = pairs(n)
+    rows = Path(tempfile.mkdtemp(prefix="gradcache-bench-")) / "pairs.jsonl"  # the task reads only these rows
+    rows.write_text("".join(json.dumps({"query": a, "positive": b}) + "\n" for a, b in zip(q, p)), encoding="utf-8")
     loss = {"temperature": 0.05, **({"mini_batch_size": mini} if kind == "gradcache" else {})}
-    stage = StageConfig.model_validate({"name": "bench", "data": {"train": [str(PAIRS)]}, "batch": {"size": n},
-                                        "loss": loss, "train": {"steps": 1}, "output_dir": "/tmp/gradcache-bench"})
-    task = ContrastiveTask.__new__(ContrastiveTask)  # no need to read all 77k rows: only the model is used
-    task.stage, task.start_path, task.max_length, task.gradient_checkpointing = stage, "default", 128, False
-    task.st, task.provenance = None, {}
+    stage = StageConfig.model_validate({"name": "bench", "data": {"train": [str(rows)]}, "batch": {"size": n},
+                                        "loss": loss, "train": {"steps": 1}, "output_dir": str(rows.parent / "out")})
+    task = ContrastiveTask(stage, "default", max_length=128)
     model = task.build_model()
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
-    q, p = pairs(n)
     features = [task.st.preprocess(q), task.st.preprocess(p)]
     tokens = sum(int(f["attention_mask"].sum()) for f in features)
     padded = sum(int(f["attention_mask"].numel()) for f in features)

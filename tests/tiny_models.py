@@ -98,3 +98,18 @@ def build_pplx_layout(folder: Path) -> Path:
         "include_prompt": True,
     }))
     return folder
+
+
+def folder_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """The weights of a saved model folder (model.safetensors)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def assert_same_tensors(a: Path, b: Path) -> None:
+    """Two saved model folders hold the same tensors, bit for bit."""
+    ta, tb = folder_tensors(a), folder_tensors(b)
+    assert sorted(ta) == sorted(tb)
+    for name in ta:
+        assert ta[name].dtype == tb[name].dtype and torch.equal(ta[name], tb[name]), name

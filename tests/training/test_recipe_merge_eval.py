@@ -12,7 +12,7 @@ import torch
 
 from diffembed.config_io import ConfigError, load_config
 from diffembed.training.train_config import TrainRecipe
-from tiny_models import WORDS, build_tiny
+from tiny_models import WORDS, assert_same_tensors, build_tiny, folder_tensors
 
 VOCAB = sorted(set(WORDS) - {"!", ",", ".", "?"})
 
@@ -77,19 +77,6 @@ def run(setup):
     return cfg, outputs, messages
 
 
-def _tensors(folder):
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "model.safetensors"))
-
-
-def _assert_same_tensors(a, b):
-    ta, tb = _tensors(a), _tensors(b)
-    assert sorted(ta) == sorted(tb)
-    for name in ta:
-        assert ta[name].dtype == tb[name].dtype and torch.equal(ta[name], tb[name]), name
-
-
 def test_merge_stage_is_diffembed_merge_of_its_inputs(run, tmp_path):
     from diffembed import Embedder
     from diffembed.training.merge import merge_folders
@@ -98,12 +85,12 @@ def test_merge_stage_is_diffembed_merge_of_its_inputs(run, tmp_path):
     assert list(outputs) == ["pairs", "a", "b", "merged", "mean", "tuned"]
     assert ("merged", "merging: SLERP (t = 0.3; t = 0 gives a, 1 gives b) of a, b") in messages
     merge_folders([outputs["a"], outputs["b"]], tmp_path / "slerp", t=0.3, progress=False)
-    _assert_same_tensors(outputs["merged"], tmp_path / "slerp")
+    assert_same_tensors(outputs["merged"], tmp_path / "slerp")
     merge_folders([outputs["pairs"], outputs["a"], outputs["b"]], tmp_path / "mean", method="linear", t=None,
                   progress=False)
-    _assert_same_tensors(outputs["mean"], tmp_path / "mean")
-    assert not torch.equal(_tensors(outputs["a"])["embeddings.word_embeddings.weight"],
-                           _tensors(outputs["b"])["embeddings.word_embeddings.weight"])  # a real merge
+    assert_same_tensors(outputs["mean"], tmp_path / "mean")
+    assert not torch.equal(folder_tensors(outputs["a"])["embeddings.word_embeddings.weight"],
+                           folder_tensors(outputs["b"])["embeddings.word_embeddings.weight"])  # a real merge
 
     info = json.loads((outputs["merged"] / "diffembed_train.json").read_text())
     assert info["lineage"] == ["pairs", "a", "b", "merged"]
@@ -189,7 +176,7 @@ def test_a_changed_t_merges_and_scores_that_stage_again(run, setup):
     rows = [json.loads(line) for line in (cfg.out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 7 * 6 and {r["stage"] for r in rows[36:]} == {"merged"}
     merge_folders([outputs["a"], outputs["b"]], root / "slerp07", t=0.7, progress=False)
-    _assert_same_tensors(outputs["merged"], root / "slerp07")
+    assert_same_tensors(outputs["merged"], root / "slerp07")
     # the table shows the merge's current rows only: one row per stage still
     body = [line for line in (cfg.out / "results.md").read_text().splitlines() if line.startswith("| merged ")]
     new = {r["ndcg@10"] for r in rows[36:] if r["name"] == "dev-beir" and r["precision"] == "float32"}

@@ -10,7 +10,6 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from diffembed.config_io import ConfigError, load_config
@@ -19,7 +18,7 @@ from diffembed.training.pretrain_config import PretrainConfig
 from diffembed.training.run_log import read_log
 from diffembed.training.train_config import TrainRecipe
 from pretrain_helpers import recipe as pretrain_recipe
-from tiny_models import WORDS
+from tiny_models import WORDS, assert_same_tensors
 
 REPO = Path(__file__).resolve().parents[2]
 VOCAB = sorted(set(WORDS[:60]) - {"!", ",", ".", "?"})
@@ -68,19 +67,6 @@ def _pairs_stage(pairs, name="pairs", **extra) -> dict:
 def _recipe(out, model, corpus, pairs, **pretrain_extra) -> TrainRecipe:
     return TrainRecipe.model_validate({"output_dir": str(out), "model": {"path": str(model)},
                                        "stages": [_pretrain_stage(corpus, **pretrain_extra), _pairs_stage(pairs)]})
-
-
-def _tensors(folder):
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "model.safetensors"))
-
-
-def _assert_same_tensors(a, b):
-    ta, tb = _tensors(a), _tensors(b)
-    assert sorted(ta) == sorted(tb)
-    for name in ta:
-        assert ta[name].dtype == tb[name].dtype and torch.equal(ta[name], tb[name]), name
 
 
 def _run(cfg, **kw):
@@ -136,7 +122,7 @@ def test_pretrain_stage_export_equals_diffembed_pretrain(chain, tiny_lm, word_co
     data = pretrain_recipe(tiny_lm, word_corpus, tmp_path / "pretrain", **{
         "train.steps": 3, "train.grad_accum": 1, "checkpoint.every": 1, "eval.rows": 4, "eval.every": 100})
     final = run_pretrain(PretrainConfig.model_validate(data), progress=False)
-    _assert_same_tensors(final, outputs["stage0"])
+    assert_same_tensors(final, outputs["stage0"])
     timeless = lambda path: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "elapsed_s", "mfu")}
                              for r in read_log(path)]
     assert timeless(tmp_path / "pretrain" / "metrics.jsonl") == timeless(cfg.out / "stage0" / "metrics.jsonl")
@@ -186,7 +172,7 @@ def test_interrupted_pretrain_stage_resumes_to_the_same_model(chain, tiny_lm, wo
     stage0 = cfg.out / "stage0"
     assert not (stage0 / "final").exists() and (stage0 / "checkpoints" / "step-00000001").is_dir()
     resumed, _ = _run(cfg)
-    _assert_same_tensors(resumed["stage0"], outputs["stage0"])
+    assert_same_tensors(resumed["stage0"], outputs["stage0"])
     losses = lambda out: [r["loss"] for r in read_log(out / "stage0" / "metrics.jsonl") if r["kind"] == "train"]
     assert len(losses(cfg.out)) == 3  # the log was cut back to the checkpoint on resume
     assert losses(cfg.out) == losses(cfg_full.out)  # bit for bit: the same rows, masks and optimizer state

@@ -64,6 +64,13 @@ class EvalSection(Section):
     seed: int = 1234  # fixed masks: every evaluation (and every model) sees the same corruption
 
 
+def check_pretrain_sections(cfg) -> None:
+    """The cross-field rules of stage 0, shared by `diffembed pretrain` and a recipe's pretrain stage."""
+    cfg.schedule.resolve_warmup(cfg.train.steps)
+    if not cfg.data.eval and cfg.data.heldout_fraction == 0.0:
+        raise ValueError("no held-out data: set data.eval sources or data.heldout_fraction > 0")
+
+
 class PretrainConfig(Section):
     output_dir: str = Field(..., min_length=1)
     model: ModelSection
@@ -77,9 +84,7 @@ class PretrainConfig(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self):
-        self.schedule.resolve_warmup(self.train.steps)
-        if not self.data.eval and self.data.heldout_fraction == 0.0:
-            raise ValueError("no held-out data: set data.eval sources or data.heldout_fraction > 0")
+        check_pretrain_sections(self)
         return self
 
     @property

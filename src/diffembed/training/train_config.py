@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Discriminator, Field, Tag, field_validator, model_serializer, model_validator
 
 from diffembed.training.pretrain_config import (DataSection, EvalSection, LoraConfig, ModelSection, ObjectiveSection,
-                                                PretrainTrainSection)
+                                                PretrainTrainSection, check_pretrain_sections)
 from diffembed.training.sections import CheckpointSection, OptimSection, ScheduleSection, Section, TrainSection
 
 QUANTIZATION = ("float", "int8", "binary", "mixed")
@@ -252,9 +252,7 @@ class PretrainStageConfig(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self):
-        self.schedule.resolve_warmup(self.train.steps)
-        if not self.data.eval and self.data.heldout_fraction == 0.0:
-            raise ValueError("no held-out data: set data.eval sources or data.heldout_fraction > 0")
+        check_pretrain_sections(self)
         return self
 
     @property
