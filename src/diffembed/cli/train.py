@@ -27,6 +27,8 @@ def train(
 
     Override any field after the options, stages by index:
     `diffembed train -c recipe.yaml stages.0.train.steps=50 output_dir=runs/try`.
+    `backbone=diffusion|mntp|bidirectional|causal` picks the backbone arm (stage 0's objective, or no
+    stage 0 with bidirectional or causal attention); `{backbone}` in output_dir becomes the value.
     Each stage writes output_dir/<stage>/metrics.jsonl, checkpoints/ and final/ (a sentence-transformers
     folder that Embedder, serve and SentenceTransformer load). A pretrain stage (stage 0) runs
     `diffembed pretrain` on a decoder with the same sections. A merge stage SLERPs (or averages) earlier
@@ -50,6 +52,10 @@ def train(
         from diffembed.training.pair_batches import read_pairs
 
         typer.echo(dump_config(recipe), nl=False)
+        if recipe.backbone is not None:
+            stage0 = [f"{s.name} ({s.objective.kind})" for s in recipe.stages if s.kind == "pretrain"]
+            err_console.print(f"backbone {recipe.backbone}: model.attention {recipe.model.attention}, stage 0: "
+                              f"{', '.join(stage0) or 'none'}; output {recipe.output_dir}", highlight=False)
         for stage in recipe.stages:
             if stage.kind == "merge":
                 how = f"SLERP t={stage.t:g}" if stage.method == "slerp" else "mean"

@@ -12,6 +12,7 @@ Unknown fields are errors, reported by their dotted name before any model loads.
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -291,11 +292,98 @@ class EvaluateSection(Section):
         return list(dict.fromkeys(v))
 
 
+BACKBONES = ("diffusion", "mntp", "bidirectional", "causal")
+
+
+def _plain(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, Section) else value
+
+
+def _original_start(stages: list[dict], i: int) -> str:
+    """Stage i's start as written, with `previous` made explicit: the stage before it, else base."""
+    src = stages[i].get("start_from", "previous")
+    if src == "previous":
+        return stages[i - 1].get("name", "") if i else "base"
+    return src
+
+
+def apply_backbone(data: dict[str, Any]) -> dict[str, Any]:
+    """The recipe with `backbone` applied (issue 14's ablation arms, everything else equal):
+    diffusion / mntp run every pretrain stage with that objective (its other settings kept);
+    bidirectional / causal drop the pretrain stages (attention bidirectional / causal), and a stage
+    that started from a dropped one (by name, or as `previous`) starts from the dropped stage's own
+    start. `{backbone}` in output_dir is replaced by the value. Idempotent, so a printed resolved
+    recipe loads to itself. Malformed input is returned unchanged for the field validators to report."""
+    backbone = data.get("backbone")
+    output_dir = data.get("output_dir")
+    if isinstance(output_dir, str) and "{backbone}" in output_dir:
+        if backbone is None:
+            raise ValueError(f"output_dir {output_dir!r} names {{backbone}} but no backbone is set "
+                             f"(backbone: {' | '.join(BACKBONES)})")
+        if backbone in BACKBONES:
+            data["output_dir"] = output_dir.replace("{backbone}", backbone)
+    if backbone not in BACKBONES or not isinstance(data.get("stages"), list):
+        return data
+    stages = [copy.deepcopy(_plain(s)) for s in data["stages"]]
+    if not all(isinstance(s, dict) for s in stages):
+        return data
+    model = _plain(data.get("model")) or {}
+    if not isinstance(model, dict):
+        return data
+    pretrain = [s.get("name") for s in stages if s.get("kind") == "pretrain"]
+    if backbone in ("diffusion", "mntp"):
+        if not pretrain:
+            raise ValueError(f"backbone: {backbone} runs the recipe's pretrain stage (stage 0) with objective "
+                             f"{backbone}, but this recipe has no kind: pretrain stage (its stages: "
+                             f"{', '.join(str(s.get('name')) for s in stages)}); use bidirectional or causal, or "
+                             "add a pretrain stage")
+        for s in stages:
+            if s.get("kind") == "pretrain":
+                objective = _plain(s.get("objective")) or {}
+                if isinstance(objective, dict):
+                    s["objective"] = {**objective, "kind": backbone}
+        data["stages"] = stages
+        data["model"] = {**model, "attention": "bidirectional"}
+    else:
+        starts: dict[str, str] = {}  # a dropped stage -> where it started (in the kept stages' terms)
+        kept = []
+        for i, s in enumerate(stages):
+            src = _original_start(stages, i)
+            src = starts.get(src, src)
+            if s.get("kind") == "pretrain":
+                starts[str(s.get("name"))] = src
+                continue
+            if s.get("kind") == "merge":
+                inputs = s.get("inputs")
+                if isinstance(inputs, list):
+                    moved = [starts.get(x, x) for x in inputs]
+                    if "base" in moved:
+                        raise ValueError(f"backbone: {backbone} drops the pretrain stage(s) {', '.join(pretrain)}, "
+                                         f"but merge stage {s.get('name')!r} takes one of them as an input and it "
+                                         "started from the base model, which a merge cannot name")
+                    s["inputs"] = moved
+            elif _original_start(stages, i) in starts:
+                s["start_from"] = src
+            kept.append(s)
+        if not kept:
+            raise ValueError(f"backbone: {backbone} drops the pretrain stages, and this recipe has no other stage")
+        data["stages"] = kept
+        data["model"] = {**model, "attention": "causal" if backbone == "causal" else "bidirectional"}
+    return data
+
+
 class TrainRecipe(Section):
     output_dir: str = Field(..., min_length=1)
+    # the backbone arm of pplx-embed's ablation (apply_backbone); None: the recipe as written
+    backbone: Literal["diffusion", "mntp", "bidirectional", "causal"] | None = None
     model: BaseModelSection = Field(default_factory=BaseModelSection)
     stages: list[AnyStage] = Field(..., min_length=1)
     evaluate: EvaluateSection | None = None  # off unless given
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backbone(cls, data):
+        return apply_backbone(dict(data)) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _stage_graph(self):
