@@ -8,6 +8,7 @@ saving resumes from the previous complete checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -28,6 +29,11 @@ class TrainerState:
     tokens_seen: int = 0
     elapsed_s: float = 0.0
     fingerprint: str = ""  # of the settings that define the data stream and the model (see pretrain)
+
+
+def settings_fingerprint(settings) -> str:
+    """A short, order-independent hash of JSON-able settings: what resumes, skips and merges compare."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def checkpoint_dir(root: Path, step: int) -> Path:

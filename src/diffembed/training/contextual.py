@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from diffembed.errors import DiffembedError, InputError
-from diffembed.training.checkpoint import TrainerState
+from diffembed.training.checkpoint import TrainerState, settings_fingerprint
 from diffembed.training.contrastive import ContrastiveTask, LossModel, load_st_model
 from diffembed.training.loop import StepData, StepMetrics
 
@@ -189,7 +189,7 @@ class ContextualTask(ContrastiveTask):
                 "max_length": self.max_length, **self.attention_key()}
         if self.provenance.get("parent_fingerprint"):  # a retrained parent stage retrains this one too
             keep["parent"] = self.provenance["parent_fingerprint"]
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_fingerprint(keep)
 
     def start(self, state: TrainerState, accelerator) -> None:
         b = self.stage.batch

@@ -13,7 +13,6 @@ serve` and `SentenceTransformer(path)` load without diffembed's code.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch import nn
 
 from diffembed.atomic import building_dir
 from diffembed.errors import DiffembedError
-from diffembed.training.checkpoint import TrainerState
+from diffembed.training.checkpoint import TrainerState, settings_fingerprint
 from diffembed.training.loop import StepData, TrainingTask
 from diffembed.training.pair_batches import BatchPlan, PairRow, cluster_labels, read_pairs, rows_fingerprint
 from diffembed.training.train_config import StageConfig
@@ -257,7 +256,7 @@ class ContrastiveTask(TrainingTask):
                 "max_length": self.max_length, **self.attention_key()}
         if self.provenance.get("parent_fingerprint"):  # a retrained parent stage retrains this one too
             keep["parent"] = self.provenance["parent_fingerprint"]
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_fingerprint(keep)
 
     def attention_key(self) -> dict[str, str]:
         """The fingerprint's attention entry: none for the default, so older runs keep their fingerprints."""

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from diffembed.errors import DiffembedError
-from diffembed.training.checkpoint import TrainerState
+from diffembed.training.checkpoint import TrainerState, settings_fingerprint
 from diffembed.training.denoiser import MaskedDenoiser
 from diffembed.training.export import export_backbone
 from diffembed.training.loop import StepData, StepMetrics, TrainingTask, run_training
@@ -172,10 +172,7 @@ def run_pretrain(cfg: PretrainConfig, *, resume: str | None = "auto",
 def stream_fingerprint(cfg: PretrainConfig) -> str:
     """Hash of what a resumed run must share with the original: model, objective, data stream, seed.
     Steps, schedule, batch shape and logging may change between runs (rows are counted, not steps)."""
-    import hashlib
-    import json
-
     keep = {"model": cfg.model.model_dump(mode="json", exclude={"gradient_checkpointing"}),
             "objective": cfg.objective.model_dump(mode="json"),
             "data": cfg.data.model_dump(mode="json", exclude={"eval"}), "seed": cfg.train.seed}
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+    return settings_fingerprint(keep)

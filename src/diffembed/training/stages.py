@@ -5,7 +5,6 @@ card into every output, and score each output on the recipe's `evaluate` dataset
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from diffembed.atomic import write_text
+from diffembed.training.checkpoint import settings_fingerprint
 from diffembed.training.run_log import read_log
 from diffembed.training.train_config import PretrainStageConfig, StageConfig, TrainRecipe
 
@@ -55,12 +55,18 @@ def task_class(stage: StageConfig):
     return ContrastiveTask
 
 
-def finished(stage: StageConfig, fingerprint: str) -> bool:
-    info = stage.out / "final" / PROVENANCE
-    try:
-        return json.loads(info.read_text(encoding="utf-8")).get("fingerprint") == fingerprint
-    except (OSError, json.JSONDecodeError):
+def finished(stage: StageConfig | PretrainStageConfig, fingerprint: str) -> bool:
+    return saved_fingerprint(stage.out / "final") == fingerprint
+
+
+def skip_finished(stage: StageConfig | PretrainStageConfig, fingerprint: str, resume: str | None,
+                  on_stage: Callable[[str, str], None] | None) -> bool:
+    """True (and says so) when the stage already finished with these settings and may be skipped."""
+    if resume == "none" or not finished(stage, fingerprint):
         return False
+    if on_stage:
+        on_stage(stage.name, f"already finished ({stage.out / 'final'}); skipped")
+    return True
 
 
 def saved_fingerprint(final: Path) -> str | None:
@@ -137,9 +143,7 @@ def run_recipe(recipe: TrainRecipe, *, resume: str | None = "auto", only: list[s
         fp = task.fingerprint()
         task.provenance["fingerprint"] = fp
         fingerprints[stage.name] = fp
-        if resume != "none" and finished(stage, fp):
-            if on_stage:
-                on_stage(stage.name, f"already finished ({final}); skipped")
+        if skip_finished(stage, fp, resume, on_stage):
             done[stage.name] = final
             _evaluate(recipe, stage.name, final, fp, datasets, on_stage)
             continue
@@ -190,12 +194,12 @@ def pretrain_fingerprints(cfg, parent_fingerprint: str | None) -> tuple[str, str
     from diffembed.training.pretrain import stream_fingerprint
 
     resume_keep = {"stream": stream_fingerprint(cfg), "parent": parent_fingerprint}
-    resume_fp = hashlib.sha256(json.dumps(resume_keep, sort_keys=True).encode()).hexdigest()[:16]
+    resume_fp = settings_fingerprint(resume_keep)
     t = cfg.train
     keep = {"resume": resume_fp, "steps": t.steps, "micro_batch_size": t.micro_batch_size, "grad_accum": t.grad_accum,
             "precision": t.precision, "optim": cfg.optim.model_dump(mode="json"),
             "schedule": cfg.schedule.model_dump(mode="json")}
-    return resume_fp, hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+    return resume_fp, settings_fingerprint(keep)
 
 
 def run_pretrain_stage(recipe: TrainRecipe, stage: PretrainStageConfig, start: str, lineage: list[str],
@@ -210,9 +214,7 @@ def run_pretrain_stage(recipe: TrainRecipe, stage: PretrainStageConfig, start: s
     cfg = pretrain_config(recipe, stage, start)
     resume_fp, fp = pretrain_fingerprints(cfg, parent_fingerprint)
     final = stage.out / "final"
-    if resume != "none" and finished(stage, fp):
-        if on_stage:
-            on_stage(stage.name, f"already finished ({final}); skipped")
+    if skip_finished(stage, fp, resume, on_stage):
         return final, fp
     info = {"stage": stage.model_dump(mode="json"), "start_from": start, "base_model": recipe.model.path,
             "lineage": lineage, **({"parent_fingerprint": parent_fingerprint} if parent_fingerprint else {}),
@@ -260,14 +262,14 @@ def folder_fingerprint(folder: Path) -> str:
         raise ModelLoadError(f"merge input {folder} is no model folder")
     files = sorted((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
                    for p in folder.rglob("*") if p.is_file())
-    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
+    return settings_fingerprint(files)
 
 
 def merge_fingerprint(stage: StageConfig, inputs: list[Path], fingerprints: dict[str, str]) -> str:
     parts = [fingerprints[src] if src in fingerprints else folder_fingerprint(path)
              for src, path in zip(stage.inputs, inputs)]
     keep = {"kind": "merge", "inputs": parts, "method": stage.method, "t": stage.t, "weights": stage.weights}
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+    return settings_fingerprint(keep)
 
 
 def describe_merge(stage: StageConfig) -> str:
@@ -283,9 +285,7 @@ def run_merge(recipe: TrainRecipe, stage: StageConfig, inputs: list[Path], finge
               *, resume: str | None, on_stage: Callable[[str, str], None] | None, progress: bool) -> Path:
     """Merge the inputs into <stage>/final with `diffembed merge`'s code, unless already done."""
     final = stage.out / "final"
-    if resume != "none" and finished(stage, fingerprint):
-        if on_stage:
-            on_stage(stage.name, f"already finished ({final}); skipped")
+    if skip_finished(stage, fingerprint, resume, on_stage):
         return final
     if not is_main_process():  # rank 0 merges; the others wait for its folder
         while not finished(stage, fingerprint):

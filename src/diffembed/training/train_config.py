@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Discriminator, Field, Tag, field_validator, model_serializer, model_validator
+from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_serializer, model_validator
 
 from diffembed.training.pretrain_config import (DataSection, EvalSection, LoraConfig, ModelSection, ObjectiveSection,
                                                 PretrainTrainSection, check_pretrain_sections)
@@ -34,6 +34,9 @@ def _valid_name(v: str) -> str:
     if not _NAME.match(v) or v in ("base", "previous"):
         raise ValueError(f"stage name {v!r} must be letters, digits, '.', '_' or '-' and not base/previous")
     return v
+
+
+StageName = Annotated[str, AfterValidator(_valid_name)]
 
 
 class BaseModelSection(Section):
@@ -108,7 +111,7 @@ class StageEval(Section):
 
 
 class StageConfig(Section):
-    name: str
+    name: StageName
     kind: Literal["pairs", "triplets", "contextual", "merge"] = "pairs"
     start_from: str = "previous"  # previous | base | <earlier stage name> | a model folder
     data: StageData | None = None  # required by training stages; a merge stage has none
@@ -137,11 +140,6 @@ class StageConfig(Section):
             if data["method"] == "slerp" and data.get("t") is None:
                 data["t"] = 0.5
         return data
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v):
-        return _valid_name(v)
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -222,7 +220,7 @@ class PretrainStageConfig(Section):
     """Stage 0 (`kind: pretrain`): `diffembed pretrain`'s sections (objective, data, optim, schedule,
     train, checkpoint, eval and the model options), run by its code from the stage's start."""
 
-    name: str
+    name: StageName
     kind: Literal["pretrain"]
     start_from: str = "previous"  # previous (the recipe's model when first) | base | <earlier stage> | a folder
     model: PretrainModelOptions = Field(default_factory=PretrainModelOptions)
@@ -245,11 +243,6 @@ class PretrainStageConfig(Section):
                                  "contextual or merge stages); it takes diffembed pretrain's sections: objective, "
                                  "data, optim, schedule, train, checkpoint, eval and model options")
         return data
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v):
-        return _valid_name(v)
 
     @model_validator(mode="after")
     def _cross_checks(self):
