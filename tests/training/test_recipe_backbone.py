@@ -228,3 +228,15 @@ def test_a_tiny_recipe_runs_mntp_stage_0(tiny_lm, word_corpus, tmp_path, monkeyp
     info = json.loads((run / "stage0" / "final" / "diffembed_pretrain.json").read_text())
     assert info["config"]["objective"]["kind"] == "mntp"
     assert json.loads((run / "pairs" / "final" / "diffembed_train.json").read_text())["lineage"] == ["stage0", "pairs"]
+
+
+@pytest.mark.parametrize("backbone", ["diffusion", "mntp", "bidirectional", "causal"])
+def test_evaluate_stages_naming_stage_0_hold_for_every_arm(backbone):
+    """One evaluate section serves all four arms: an arm that drops stage 0 does not score it."""
+    data = {"output_dir": "runs/{backbone}", "backbone": backbone, "model": {"path": "m"}, "stages": _stages(),
+            "evaluate": {"datasets": ["dev"], "stages": ["stage0", "merged"]}}
+    recipe = TrainRecipe.model_validate(data)
+    dropped = backbone in ("bidirectional", "causal")
+    assert recipe.evaluate.stages == (["merged"] if dropped else ["stage0", "merged"])
+    only_stage0 = {**data, "evaluate": {"datasets": ["dev"], "stages": ["stage0"]}}
+    assert TrainRecipe.model_validate(only_stage0).evaluate.stages == ([] if dropped else ["stage0"])

@@ -253,3 +253,23 @@ def test_dry_run_shows_the_merge_and_evaluate(setup, tmp_path, monkeypatch, caps
                                    "t": 0.3, "weights": None, "output_dir": str(tmp_path / "run" / "merged")}
     assert TrainRecipe.model_validate(dumped).stages[3].t == 0.3  # the dump loads again
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_stages_scores_only_the_named_stages(setup, tmp_path):
+    from diffembed.training.recipe_results import read_results
+    from diffembed.training.stages import run_recipe
+
+    root, model, pairs, dev = setup
+    data = _recipe(root, model, pairs, dev, stages=[_stage("pairs", pairs), _stage("a", pairs, "pairs")])
+    data["output_dir"] = str(tmp_path / "run")
+    data["evaluate"]["stages"] = ["a"]
+    cfg = TrainRecipe.model_validate(data)
+    run_recipe(cfg, progress=False)
+    rows = read_results(cfg.out / "results.jsonl")
+    assert rows and {r["stage"] for r in rows} == {"a"}
+    table = (cfg.out / "results.md").read_text()
+    assert "\n| a | pairs |" in table and "\n| pairs |" not in table  # rows: the scored stages only
+    data["evaluate"]["stages"] = ["pairs", "nope"]
+    with pytest.raises(ValueError, match=r"evaluate.stages names 'nope', which is no stage of this recipe "
+                                         r"\(stages: pairs, a\)"):
+        TrainRecipe.model_validate(data)

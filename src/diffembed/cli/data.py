@@ -240,3 +240,33 @@ def contextual(
                       highlight=False, soft_wrap=True)
     if as_json:
         print_json(summary)
+
+
+_SUBSET_HELP = (
+    "Write a smaller copy of the dataset folder SOURCE to OUT: --documents of its documents (BEIR corpus rows, "
+    "or whole contextual documents with all their chunks) and every query whose judged documents were all "
+    "kept. The first N in file order, or a seeded sample with --seed. Use it when embedding the whole corpus "
+    "does not fit the time you have: --max-queries alone still embeds every document."
+)
+
+
+@data_app.command(help=_SUBSET_HELP)
+def subset(
+    source: Path = typer.Argument(..., help="A BEIR (corpus.jsonl) or contextual (documents.jsonl) dataset folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (an earlier dataset folder or an empty one "
+                                                     "is replaced whole)."),
+    documents: int = typer.Option(..., "--documents", "-n", help="How many documents to keep."),
+    seed: int = typer.Option(None, "--seed", help="Keep a seeded random sample instead of the first N."),
+    split: str = typer.Option("test", "--split", help="qrels split name (qrels/SPLIT.tsv)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Write a subset of an evaluation dataset (help: _SUBSET_HELP)."""
+    from diffembed.eval.subset import subset_dataset
+
+    result = subset_dataset(source, out, documents, seed=seed, split=split).to_dict()
+    if as_json:
+        print_json(result)
+        return
+    typer.echo(f"Wrote {result['kind']} subset {result['out_dir']}: {result['documents']} of "
+               f"{result['source_documents']} documents, {result['queries']} of {result['source_queries']} "
+               f"queries, {result['qrels']} qrels")

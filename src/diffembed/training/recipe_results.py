@@ -116,7 +116,8 @@ def summary(recipe: TrainRecipe, fingerprints: dict[str, str]) -> tuple[list[str
             for r in mine:  # later rows win
                 if r["mode"] == mode and r["precision"] == precision:
                     values[(r["stage"], column)] = r["ndcg@10"]
-    return [s.name for s in recipe.stages], columns, values
+    scored = [s.name for s in recipe.stages if ev.stages is None or s.name in ev.stages]
+    return scored, columns, values
 
 
 def write_summary(recipe: TrainRecipe, fingerprints: dict[str, str]) -> tuple[Path, Path]:

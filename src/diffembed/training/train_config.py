@@ -278,6 +278,8 @@ class EvaluateSection(Section):
     modes: list[Literal["naive", "late"]] = Field(default_factory=lambda: ["naive", "late"], min_length=1)
     split: str = "test"  # qrels/<split>.tsv
     device: str | None = None  # the Embedder's device (None: CUDA when available, else CPU)
+    # score only these stages (None: all); on CPU a 135M model's dev evaluation can cost as much as a stage
+    stages: list[str] | None = None
 
     @field_validator("precisions", "modes")
     @classmethod
@@ -361,6 +363,11 @@ def apply_backbone(data: dict[str, Any]) -> dict[str, Any]:
         if not kept:
             raise ValueError(f"backbone: {backbone} drops the pretrain stages, and this recipe has no other stage")
         data["stages"] = kept
+        evaluate = _plain(data.get("evaluate"))
+        if isinstance(evaluate, dict) and isinstance(evaluate.get("stages"), list):
+            # a dropped stage is not scored; the other arms of the ablation still score it
+            only = [x for x in evaluate["stages"] if x not in pretrain]
+            data["evaluate"] = {**evaluate, "stages": only}
         data["model"] = {**model, "attention": "causal" if backbone == "causal" else "bidirectional"}
     return data
 
@@ -401,6 +408,10 @@ class TrainRecipe(Section):
                                      f"(earlier: {', '.join(seen) or 'none'}), 'base', 'previous' or a folder path")
             seen.append(stage.name)
             stage.output_dir = str(Path(self.output_dir) / stage.name)
+        unknown = [x for x in (self.evaluate.stages or []) if x not in seen] if self.evaluate else []
+        if unknown:
+            raise ValueError(f"evaluate.stages names {', '.join(map(repr, unknown))}, which is no stage of this "
+                             f"recipe (stages: {', '.join(seen)})")
         return self
 
     @property
