@@ -28,6 +28,7 @@ COLUMNS = [
     ("SQuAD chunks naive", "squad3-contextual", "naive", "float32"),
     ("chunks late", "squad3-contextual", "late", "float32"),
     ("pairs dev f32", "dev-beir-300", "naive", "float32"),
+    ("pairs dev int8", "dev-beir-300", "naive", "int8"),
     ("pairs dev binary", "dev-beir-300", "naive", "binary"),
     ("ctx dev naive", "dev-contextual-16", "naive", "float32"),
     ("ctx dev late", "dev-contextual-16", "late", "float32"),
