@@ -116,7 +116,7 @@ def summary(recipe: TrainRecipe, fingerprints: dict[str, str]) -> tuple[list[str
             for r in mine:  # later rows win
                 if r["mode"] == mode and r["precision"] == precision:
                     values[(r["stage"], column)] = r["ndcg@10"]
-    scored = [s.name for s in recipe.stages if ev.stages is None or s.name in ev.stages]
+    scored = [s.name for s in recipe.stages if ev.scores(s.name)]
     return scored, columns, values
 
 

@@ -167,7 +167,7 @@ def _evaluate(recipe: TrainRecipe, name: str, folder: Path, fingerprint: str, da
               on_stage: Callable[[str, str], None] | None) -> None:
     if recipe.evaluate is None or not is_main_process():
         return
-    if recipe.evaluate.stages is not None and name not in recipe.evaluate.stages:
+    if not recipe.evaluate.scores(name):
         return
     from diffembed.training.recipe_results import evaluate_stage
 

@@ -281,6 +281,9 @@ class EvaluateSection(Section):
     # score only these stages (None: all); on CPU a 135M model's dev evaluation can cost as much as a stage
     stages: list[str] | None = None
 
+    def scores(self, stage: str) -> bool:
+        return self.stages is None or stage in self.stages
+
     @field_validator("precisions", "modes")
     @classmethod
     def _unique(cls, v):
