@@ -6,6 +6,10 @@
 #
 #   bash scripts/run_recipe_ablation.sh            # all four, then the SQuAD evaluations
 #   SEED=1 bash scripts/run_recipe_ablation.sh     # a second seed, into runs/abl-s1-<backbone>
+#   SEED=1 LANES="diffusion causal" bash scripts/run_recipe_ablation.sh   # some arms only
+#
+# LANES: the lanes, space-separated, each a comma-separated list of arms run in order. The merge-effect
+# evaluation (contextual-only and triplets-only models) runs for seed 0 only, or with MERGE_EFFECT=1.
 #
 # The budget (steps per stage) is set below as overrides of the recipe; the recipe's own CPU profile
 # is about 5x longer. Evaluation uses subsets (diffembed data subset) because embedding the full dev
@@ -88,10 +92,15 @@ refs() {  # reference rows on the same sets (once; shared by every seed)
 
 # WAIT_PID: an earlier run's process to let finish first (resuming after a kill)
 while [ -n "${WAIT_PID:-}" ] && kill -0 "$WAIT_PID" 2>/dev/null; do sleep 10; done
-lane diffusion bidirectional & a=$!
-lane mntp causal & b=$!
-wait $a; wait $b
-{ refs minilm default; refs mpnet "$(bash scripts/get_mpnet.sh | tail -1)"; merge_effect causal mntp; } & a=$!
-merge_effect diffusion bidirectional & b=$!
-wait $a; wait $b
+LANES="${LANES:-diffusion,bidirectional mntp,causal}"
+MERGE_EFFECT="${MERGE_EFFECT:-$([ "$SEED" = 0 ] && echo 1 || echo 0)}"
+pids=()
+for l in $LANES; do lane ${l//,/ } & pids+=($!); done
+for p in "${pids[@]}"; do wait "$p"; done
+pids=()
+{ refs minilm default; refs mpnet "$(bash scripts/get_mpnet.sh | tail -1)"; } & pids+=($!)
+if [ "$MERGE_EFFECT" = 1 ]; then
+  for l in $LANES; do merge_effect ${l//,/ } & pids+=($!); done
+fi
+for p in "${pids[@]}"; do wait "$p"; done
 echo "done: python scripts/recipe_ablation_table.py --json docs/recipe-results/ablation.json --plot docs/recipe-results/ablation.png"

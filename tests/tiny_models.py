@@ -72,6 +72,22 @@ def build_tiny(folder: Path, family: str, max_positions: int = 128, seed: int = 
     return folder
 
 
+# The shape of SmolLM2's and Qwen's templates: a system turn, then each message between markers
+CHAT_TEMPLATE = ("{% for m in messages %}{{ '<s> ' + m['role'] + ' ' + m['content'] + ' <|im_end|>' }}"
+                 "{% endfor %}{% if add_generation_prompt %}{{ '<s> assistant' }}{% endif %}")
+
+
+def add_chat_template(folder: Path) -> Path:
+    """Give a tiny decoder's tokenizer a chat template, as real instruct-ready decoders ship (SmolLM2);
+    sentence-transformers >= 6 then renders every input through it unless told otherwise."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    return folder
+
+
 def build_pplx_layout(folder: Path) -> Path:
     """A folder laid out like the released pplx-embed checkpoints, from a tiny random Qwen3."""
     build_tiny(folder, "qwen3")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from diffembed.errors import DiffembedError
 from diffembed.modeling.bidirectional import attends_to_future
 from diffembed.training.train_config import TrainRecipe
-from tiny_models import WORDS, build_tiny
+from tiny_models import WORDS, add_chat_template, build_tiny
 
 TEXTS = ["the cat sat on the mat", "red green blue", "the old king and the queen of paris",
          "one two three four five six seven eight nine ten and the river"]
@@ -40,13 +40,17 @@ def causal_recipe(out, model, pairs, attention="causal"):
                     "train": {"steps": 2, "log_every": 1}, "optim": {"lr": 1e-3}}]})
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen3"])
+@pytest.fixture(scope="module", params=["llama", "qwen3-chat"])
 def causal_run(request, tmp_path_factory):
-    """(start folder, exported folder) of a 2-step causal pairs stage on a tiny random decoder."""
+    """(start folder, exported folder) of a 2-step causal pairs stage on a tiny random decoder; the
+    qwen3 one's tokenizer has a chat template, as SmolLM2's has."""
     from diffembed.training.stages import run_recipe
 
     root = tmp_path_factory.mktemp(f"causal_{request.param}")
-    start = build_tiny(root / request.param, request.param)
+    family = request.param.removesuffix("-chat")
+    start = build_tiny(root / family, family)
+    if request.param.endswith("-chat"):
+        add_chat_template(start)
     out = run_recipe(causal_recipe(root / "run", start, pairs_file(root / "pairs.jsonl")), progress=False)["pairs"]
     return start, out
 
@@ -160,6 +164,25 @@ def test_the_stage_trains_causal_with_an_eos_on_every_text(tmp_path):
     assert attends_to_future(plain[0].auto_model, backbone.config.vocab_size)
     assert plain[1].get_config_dict()["pooling_mode"] == "mean"
     assert plain.tokenizer("the cat")["input_ids"][-1] != eos
+
+
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+def test_a_chat_template_is_not_applied_in_training(tmp_path, attention):
+    """The stage tokenizes bare texts, as Embedder does, even when the decoder's tokenizer has a chat
+    template (which sentence-transformers would otherwise render every input through)."""
+    from diffembed import Embedder
+    from diffembed.training.contrastive import load_st_model
+
+    start = add_chat_template(build_tiny(tmp_path / "qwen3", "qwen3"))
+    st, _ = load_st_model(start, attention=attention)
+    features = st.preprocess(TEXTS)
+    emb = Embedder(str(start), device="cpu", bidirectional=attention == "bidirectional", show_progress=False)
+    im_end = st.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for text, ids, mask in zip(TEXTS, features["input_ids"], features["attention_mask"]):
+        kept = ids[:int(mask.sum())].tolist()
+        bare = emb.tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert kept[:len(bare)] == bare  # no system turn or role marker in front
+        assert kept == bare + ([im_end] if attention == "causal" else [])  # only the EOS the causal stage adds
 
 
 def test_the_default_recipe_and_its_fingerprint_are_unchanged(tmp_path):

@@ -60,6 +60,7 @@ def load_st_model(path: str | Path, max_length: int | None = None, attention: st
         raise DiffembedError(f"cannot load {path} as a sentence-transformers model: {exc}") from exc
     modules = [_runtime_pooling(m, folder, "last" if causal else None) if type(m).__name__ == "Pooling" else m
                for m in loaded if type(m).__name__ != "Normalize"]
+    _plain_text_inputs(modules[0])
     model = SentenceTransformer(modules=modules, device="cpu")
     if causal:
         _causal(model, folder)
@@ -76,6 +77,18 @@ def load_st_model(path: str | Path, max_length: int | None = None, attention: st
     if max_length is not None:
         model.max_seq_length = max_length
     return model, folder
+
+
+def _plain_text_inputs(transformer) -> None:
+    """Train on texts tokenized as the runtime tokenizes them. sentence-transformers >= 6 renders
+    every text through the chat template when a decoder's tokenizer has one (its "message"
+    modality), e.g. SmolLM2's system prompt and ``<|im_end|>\\n`` around each text; `Embedder`,
+    serve and late chunking tokenize the bare text. Keeping "message" made training pool other tokens
+    than inference (causal arms pooled the newline after ``<|im_end|>``, not the EOS) and made the
+    export's ``SentenceTransformer(path)`` disagree with `Embedder`. The export saves this choice."""
+    config = getattr(transformer, "modality_config", None)
+    if isinstance(config, dict) and "message" in config and "text" in config:
+        del config["message"]
 
 
 def _runtime_pooling(pooling, folder: Path, force: str | None = None):
