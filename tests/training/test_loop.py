@@ -126,3 +126,27 @@ def test_loop_refuses_to_resume_another_run(tmp_path):
     run_training(FitTask(tmp_path, seed=0), cfg(tmp_path, steps=3), progress=False)
     with pytest.raises(DiffembedError, match="other model, objective or data settings"):
         run_training(FitTask(tmp_path, seed=1), cfg(tmp_path), progress=False)
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_clear_error_and_keeps_the_earlier_ones(tmp_path, monkeypatch):
+    """A full disk while saving step 6: a DiffembedError naming the way on, no partial folder left
+    taking space, and step 3 intact so that re-running resumes and finishes the same run."""
+    from accelerate import Accelerator
+
+    real = Accelerator.save_state
+
+    def disk_full(self, output_dir, **kw):
+        if output_dir.endswith("step-00000006.tmp"):
+            (Path(output_dir) / "model.safetensors").write_bytes(b"partial")
+            raise OSError(28, "No space left on device")
+        return real(self, output_dir, **kw)
+
+    monkeypatch.setattr(Accelerator, "save_state", disk_full)
+    with pytest.raises(DiffembedError, match=r"cannot write checkpoint step-00000006.*No space left.*resumes from step-00000003"):
+        run_training(FitTask(tmp_path), cfg(tmp_path), progress=False)
+    ckpts = tmp_path / "checkpoints"
+    assert [p.name for p in ckpts.iterdir()] == ["step-00000003"]  # no hidden partial folder either
+    monkeypatch.setattr(Accelerator, "save_state", real)
+    resumed = FitTask(tmp_path)
+    run_training(resumed, cfg(tmp_path), progress=False)
+    assert resumed.started_at == 3 * 8 and resumed.exported == [(6, False)]

@@ -64,15 +64,31 @@ def save_checkpoint(accelerator, root: Path, state: TrainerState, keep: int) -> 
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
-        publish_dir(tmp, final)
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
+            publish_dir(tmp, final)
+    except Exception as exc:  # noqa: BLE001 - safetensors' own error type for a full disk, OSError for the rest
+        raise _unwritten(root, tmp, final, exc) from exc
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _unwritten(root: Path, tmp: Path, final: Path, exc: BaseException) -> DiffembedError:
+    """A checkpoint that could not be written (most often a full disk: one of a 135M decoder with its
+    AdamW state is about 1.6 GB): drop the partial folder, which only takes space, and say how to go
+    on. Earlier checkpoints are untouched, so re-running resumes from the newest of them."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    kept = list_checkpoints(root)
+    free = shutil.disk_usage(root).free / 2**30 if root.exists() else float("nan")
+    resume = f"re-running the same command resumes from {kept[-1].name}" if kept else \
+        "no earlier checkpoint exists, so re-running starts the stage again"
+    return DiffembedError(f"cannot write checkpoint {final.name} in {root} ({free:.1f} GiB free there): {exc}. "
+                          f"Free some space (or lower checkpoint.keep); {resume}")
 
 
 def resolve_resume(root: Path, resume: str | None) -> Path | None:
