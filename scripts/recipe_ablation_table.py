@@ -113,8 +113,13 @@ def tables(data: dict) -> str:
         lines.append(_row(name, {"-": got}, seeds="-"))
     lines += ["", "## The merge's effect (contextual-only, triplet-only, SLERP-merged)", "", head, rule]
     for backbone in BACKBONES:
+        stages = data["variants"].get(backbone, {})
+        # the merged row over the seeds whose branches were scored too, so the rows compare alike
+        branch_seeds = {seed for stage in STAGES[:-1] for seed in stages.get(stage, {})}
         for stage in STAGES:
-            got = data["variants"].get(backbone, {}).get(stage)
+            got = stages.get(stage)
+            if got and stage == "merged" and branch_seeds:
+                got = {seed: v for seed, v in got.items() if seed in branch_seeds}
             if got:
                 lines.append(_row(f"{backbone} {stage}", got))
     return "\n".join(lines) + "\n"
