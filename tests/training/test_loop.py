@@ -150,3 +150,11 @@ def test_a_checkpoint_that_cannot_be_written_is_a_clear_error_and_keeps_the_earl
     resumed = FitTask(tmp_path)
     run_training(resumed, cfg(tmp_path), progress=False)
     assert resumed.started_at == 3 * 8 and resumed.exported == [(6, False)]
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+    """checkpoint.keep prunes older checkpoints after each save (six steps, every 2, keep 2)."""
+    run = cfg(tmp_path)
+    run.checkpoint = SimpleNamespace(every=2, keep=2)
+    run_training(FitTask(tmp_path), run, progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step-00000004", "step-00000006"]

@@ -72,6 +72,7 @@ def save_checkpoint(accelerator, root: Path, state: TrainerState, keep: int) -> 
             publish_dir(tmp, final)
     except Exception as exc:  # noqa: BLE001 - safetensors' own error type for a full disk, OSError for the rest
         raise _unwritten(root, tmp, final, exc) from exc
+    if accelerator.is_main_process:
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
